@@ -1,0 +1,1 @@
+"""Agent runs, per-session lanes, prompts and the session store."""

@@ -1,0 +1,79 @@
+"""What an agent run says while it runs: the events of CONTRACT §5.3, and the run's input."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import attrs
+
+from ..providers.interface import Image, Sampling, StopReason, Usage
+
+Stream = Literal["lifecycle", "assistant"]
+
+
+@attrs.frozen
+class RunRequest:
+    """One agent turn, whoever asked for it (HTTP, WebSocket or the CLI)."""
+
+    agent_id: str
+    session_key: str
+    message: str
+    images: tuple[Image, ...] = ()
+    extra_system_prompt: str = ""
+    sampling: Sampling = Sampling()
+    #: Whether the session is kept on disk (stateless HTTP requests are not, by default).
+    persist: bool = True
+    run_id: str | None = None
+
+
+@attrs.frozen
+class RunError:
+    """Why a run failed, classified so each edge can render it its own way."""
+
+    #: ``ProviderError.kind`` values, plus ``agent_timeout``, ``aborted`` and ``internal_error``.
+    kind: str
+    message: str
+    status: int | None = None
+    retry_after: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "message": self.message}
+
+
+@attrs.frozen
+class RunEvent:
+    """``{runId, seq, ts, sessionKey, stream, data}``; ``data`` is JSON-ready."""
+
+    run_id: str
+    seq: int
+    ts: int
+    session_key: str
+    stream: Stream
+    data: dict[str, Any]
+
+    @property
+    def phase(self) -> str | None:
+        return self.data.get("phase") if self.stream == "lifecycle" else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "runId": self.run_id,
+            "seq": self.seq,
+            "ts": self.ts,
+            "sessionKey": self.session_key,
+            "stream": self.stream,
+            "data": self.data,
+        }
+
+
+@attrs.frozen
+class RunResult:
+    """How a run ended: the whole answer, why it stopped, what it cost."""
+
+    run_id: str
+    session_key: str
+    agent_id: str
+    text: str
+    stop_reason: StopReason | Literal["aborted", "error"]
+    usage: Usage
+    error: RunError | None = None

@@ -1,0 +1,65 @@
+"""Where sessions live: the interface, and an in-memory store for tests and ephemeral use."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+from zope.interface import Interface, implementer
+
+from ..providers.interface import Message
+
+
+class ISessionStore(Interface):
+    """Transcripts keyed by (agent id, session key). Calls are small and synchronous."""
+
+    def history(agent_id: str, session_key: str, limit: int) -> list[Message]:
+        """The last ``limit`` user/assistant messages of the session, oldest first."""
+
+    def append(agent_id: str, session_key: str, records: list[dict[str, Any]]) -> None:
+        """Append transcript records and make them durable before returning."""
+
+    def transcript(agent_id: str, session_key: str) -> list[dict[str, Any]]:
+        """Every record of the session, oldest first (empty for an unknown session)."""
+
+    def sessions(agent_id: str) -> list[dict[str, Any]]:
+        """``[{key, sessionId, updatedAt}]`` for the agent's sessions, newest first."""
+
+
+def messages_from(records: list[dict[str, Any]], limit: int) -> list[Message]:
+    """The conversation in transcript records, as provider messages (last ``limit``)."""
+    out = [
+        Message(r["role"], r["text"])
+        for r in records
+        if r.get("role") in ("user", "assistant") and isinstance(r.get("text"), str) and r["text"]
+    ]
+    return out[-limit:] if limit > 0 else []
+
+
+@implementer(ISessionStore)
+@attrs.define
+class MemorySessionStore:
+    """Sessions in a dict: lost at exit; for tests and for embedding without a disk."""
+
+    _data: dict[tuple[str, str], list[dict[str, Any]]] = attrs.Factory(dict)
+    _updated: dict[tuple[str, str], int] = attrs.Factory(dict)
+
+    def history(self, agent_id: str, session_key: str, limit: int) -> list[Message]:
+        return messages_from(self._data.get((agent_id, session_key), []), limit)
+
+    def append(self, agent_id: str, session_key: str, records: list[dict[str, Any]]) -> None:
+        self._data.setdefault((agent_id, session_key), []).extend(records)
+        self._updated[(agent_id, session_key)] = max(
+            (int(r.get("ts", 0)) for r in records), default=0
+        )
+
+    def transcript(self, agent_id: str, session_key: str) -> list[dict[str, Any]]:
+        return list(self._data.get((agent_id, session_key), []))
+
+    def sessions(self, agent_id: str) -> list[dict[str, Any]]:
+        rows = [
+            {"key": key, "sessionId": f"{a}:{key}", "updatedAt": self._updated.get((a, key), 0)}
+            for (a, key) in self._data
+            if a == agent_id
+        ]
+        return sorted(rows, key=lambda r: -r["updatedAt"])

@@ -1,0 +1,184 @@
+"""Who may talk to the gateway: credentials, the failed-attempt limiter, and the client's IP."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import math
+from collections import OrderedDict, deque
+from typing import Literal
+
+import attrs
+from twisted.internet.interfaces import IReactorTime
+
+from .config import AuthConfig, RateLimitConfig
+
+#: The limiter forgets the oldest addresses past this many, so a spray cannot grow memory.
+MAX_TRACKED_ADDRESSES = 10_000
+
+
+@attrs.frozen
+class AuthResult:
+    """The verdict: ``ok``, or why not (``missing``/``wrong`` → 401, ``locked`` → 429)."""
+
+    ok: bool
+    reason: Literal["missing", "wrong", "locked"] | None = None
+    retry_after: int | None = None
+
+
+def _digest(value: str) -> bytes:
+    return hashlib.sha256(value.encode("utf-8", "surrogatepass")).digest()
+
+
+def secrets_match(given: str, expected: str) -> bool:
+    """Constant-time comparison: hashing first hides the length as well as the content."""
+    return hmac.compare_digest(_digest(given), _digest(expected))
+
+
+def bearer(authorization: str | None) -> str | None:
+    """The credential of an ``Authorization: Bearer <secret>`` header (scheme case-insensitive)."""
+    if not authorization:
+        return None
+    scheme, _, value = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return value.strip() or None
+
+
+def canonical_ip(ip: str) -> str:
+    """IPv4-mapped IPv6 counts as the IPv4 address; anything unparsable is kept as it is."""
+    try:
+        addr = ipaddress.ip_address(ip.strip().strip("[]"))
+    except ValueError:
+        return ip.strip()
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return str(addr.ipv4_mapped)
+    return str(addr)
+
+
+def is_loopback(ip: str) -> bool:
+    try:
+        return ipaddress.ip_address(canonical_ip(ip)).is_loopback
+    except ValueError:
+        return False
+
+
+@attrs.define
+class ClientAddress:
+    """Resolves the client IP: the socket peer, or the forwarded one behind a trusted proxy."""
+
+    trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+
+    @classmethod
+    def from_config(cls, trusted_proxies: tuple[str, ...]) -> ClientAddress:
+        return cls(tuple(ipaddress.ip_network(p.strip(), strict=False) for p in trusted_proxies))
+
+    def _is_trusted(self, ip: str) -> bool:
+        try:
+            addr = ipaddress.ip_address(canonical_ip(ip))
+        except ValueError:
+            return False
+        return any(addr in net for net in self.trusted)
+
+    def resolve(self, peer: str, forwarded_for: str | None) -> str:
+        peer = canonical_ip(peer)
+        if not self.trusted or not forwarded_for or not self._is_trusted(peer):
+            return peer
+        for hop in reversed(forwarded_for.split(",")):
+            hop = canonical_ip(hop)
+            if hop and not self._is_trusted(hop):
+                return hop
+        return peer
+
+
+class RateLimiter:
+    """A sliding window of failures per IP; reaching the limit locks the IP out for a while."""
+
+    def __init__(self, config: RateLimitConfig, clock: IReactorTime) -> None:
+        self.config = config
+        self._clock = clock
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+        self._locked: OrderedDict[str, float] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._failures) + len(self._locked)
+
+    def _exempt(self, ip: str) -> bool:
+        return self.config.exempt_loopback and is_loopback(ip)
+
+    def retry_after(self, ip: str) -> int | None:
+        """Seconds until ``ip`` may try again, or ``None`` when it is not locked."""
+        until = self._locked.get(ip)
+        if until is None:
+            return None
+        remaining = until - self._clock.seconds()
+        if remaining <= 0:
+            del self._locked[ip]
+            return None
+        return max(1, math.ceil(remaining))
+
+    def failed(self, ip: str) -> None:
+        if self._exempt(ip):
+            return
+        now = self._clock.seconds()
+        window = self.config.window_ms / 1000
+        attempts = self._failures.pop(ip, None) or deque()
+        while attempts and attempts[0] <= now - window:
+            attempts.popleft()
+        attempts.append(now)
+        if len(attempts) >= self.config.max_attempts:
+            self._locked[ip] = now + self.config.lockout_ms / 1000
+            self._locked.move_to_end(ip)
+        else:
+            self._failures[ip] = attempts  # re-inserted last: the dict stays oldest-first
+        self._prune(now)
+
+    def succeeded(self, ip: str) -> None:
+        self._failures.pop(ip, None)
+
+    def _prune(self, now: float) -> None:
+        window = self.config.window_ms / 1000
+        while self._failures:
+            ip, attempts = next(iter(self._failures.items()))
+            if attempts[-1] > now - window and len(self._failures) <= MAX_TRACKED_ADDRESSES:
+                break
+            del self._failures[ip]
+        while self._locked:
+            ip, until = next(iter(self._locked.items()))
+            if until > now and len(self._locked) <= MAX_TRACKED_ADDRESSES:
+                break
+            del self._locked[ip]
+
+
+class Authenticator:
+    """Checks a presented secret for HTTP and WebSocket alike (CONTRACT §3)."""
+
+    def __init__(self, config: AuthConfig, clock: IReactorTime) -> None:
+        self.config = config
+        self.limiter = RateLimiter(config.rate_limit, clock) if config.rate_limit else None
+
+    @property
+    def required(self) -> bool:
+        return self.config.mode != "none"
+
+    def check(self, credential: str | None, ip: str) -> AuthResult:
+        """The lock is checked before the secret; a missing secret is not a failed attempt."""
+        if not self.required:
+            return AuthResult(True)
+        ip = canonical_ip(ip)
+        if self.limiter is not None:
+            wait = self.limiter.retry_after(ip)
+            if wait is not None:
+                return AuthResult(False, "locked", wait)
+        if not credential:
+            return AuthResult(False, "missing")
+        expected = self.config.secret
+        if expected is None or not secrets_match(credential, expected):
+            if self.limiter is not None:
+                # This attempt is answered 401; the lock it may set applies from the next one.
+                self.limiter.failed(ip)
+            return AuthResult(False, "wrong")
+        if self.limiter is not None:
+            self.limiter.succeeded(ip)
+        return AuthResult(True)

@@ -1,0 +1,181 @@
+"""The Gateway: config, auth, agents, providers and sessions wired into one web resource."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import treq
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.logger import Logger
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.http import Request
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource
+from twisted.web.server import Site
+
+from .agents.roster import Roster
+from .agents.runner import AgentRunner
+from .agents.store import ISessionStore, MemorySessionStore
+from .auth import Authenticator, ClientAddress
+from .config import Config
+from .providers.registry import Providers
+from .web.app import GatewayHTTP
+from .web.root import GatewayRoot
+from .ws.server import GatewayWebSocketFactory, websocket_resource
+
+log = Logger()
+
+#: How long in-flight runs may take to finish when the gateway stops (CONTRACT §2).
+DEFAULT_GRACE_SECONDS = 10.0
+
+
+def http_client(reactor: Any) -> treq.client.HTTPClient:
+    """A treq client with a persistent pool sized for many concurrent provider streams."""
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = 64
+    pool.retryAutomatically = False
+    return treq.client.HTTPClient(Agent(reactor, pool=pool))
+
+
+class Gateway:
+    """
+    One OpenClaw gateway, built from a L{Config} and a reactor.
+
+    Mount ``resource()`` in any Twisted ``Site`` to embed it, or run ``service(endpoint)``.
+    The HTTP client, providers and session store may be injected (tests, embedding).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        reactor: Any,
+        *,
+        http: treq.client.HTTPClient | None = None,
+        providers: Providers | None = None,
+        store: ISessionStore | None = None,
+    ) -> None:
+        self.config = config
+        self.reactor = reactor
+        self.http = http if http is not None else http_client(reactor)
+        self.auth = Authenticator(config.gateway.auth, reactor)
+        self.client_address = ClientAddress.from_config(config.gateway.trusted_proxies)
+        self.roster = Roster.from_config(config)
+        self.providers = providers or Providers.from_config(config, self.http, reactor)
+        self.store = store if store is not None else MemorySessionStore()
+        self.runner = AgentRunner(self.roster, self.providers, self.store, reactor)
+        self.ready = True
+        self._http_app = GatewayHTTP(self)
+        self._ws_factory: GatewayWebSocketFactory | None = None
+        self._root: IResource | None = None
+
+    def client_ip(self, request: IRequest) -> str:
+        """The client's IP (the forwarded one behind a trusted proxy)."""
+        peer = request.getClientAddress()
+        host = getattr(peer, "host", "") or ""
+        forwarded = request.getHeader(b"x-forwarded-for")
+        return self.client_address.resolve(host, forwarded.decode("latin-1") if forwarded else None)
+
+    def resource(self) -> IResource:
+        """The root resource: HTTP routes and the WebSocket protocol, for any ``Site``."""
+        if self._root is None:
+            ws = websocket_resource(self)
+            self._ws_factory = ws._factory
+            self._root = GatewayRoot(self._http_app.app.resource(), ws)
+        return self._root
+
+    def site(self) -> Site:
+        """A ``Site`` serving ``resource()`` (without a per-request access log)."""
+        return GatewaySite(self.resource())
+
+    def service(
+        self, endpoint: IStreamServerEndpoint, grace: float = DEFAULT_GRACE_SECONDS
+    ) -> GatewayService:
+        """A service that listens on ``endpoint`` and stops gracefully."""
+        return GatewayService(self, endpoint, grace)
+
+    async def shutdown(self, grace: float = DEFAULT_GRACE_SECONDS) -> None:
+        """Not ready any more; give runs ``grace`` seconds, cancel the rest, tell WS clients."""
+        self.ready = False
+        if self._ws_factory is not None:
+            self._ws_factory.shutdown()
+        await self.runner.shutdown(grace)
+        pool = getattr(getattr(self.http, "_agent", None), "_pool", None)
+        if pool is not None:
+            await pool.closeCachedConnections()
+
+    def describe(self) -> list[str]:
+        """The start-up log lines that say what this gateway serves."""
+        cc = self.config.chat_completions
+        lines = [
+            "endpoints: /healthz /readyz, WebSocket on every path"
+            + (
+                ", POST /v1/chat/completions, GET /v1/models"
+                if cc.enabled
+                else " (chat completions off: gateway.http.endpoints.chatCompletions.enabled)"
+            ),
+            f"agents: {', '.join(self.roster.ids)} (default {self.roster.default_id})",
+        ]
+        models = {ref for a in self.roster.agents for ref in a.model.refs}
+        if any(ref.startswith("echo") for ref in models):
+            lines.append("using the built-in offline echo model (no model provider configured)")
+        if self.config.ignored:
+            lines.append("ignoring config keys not served here: " + ", ".join(self.config.ignored))
+        lines.extend(self.config.notes)
+        return lines
+
+
+class GatewaySite(Site):
+    """A ``Site`` without the per-request access log (it costs more than the request)."""
+
+    noisy = False
+
+    def log(self, request: Request) -> None:
+        pass
+
+
+class GatewayService(Service):
+    """Listens on an endpoint; on stop, closes the port, drains runs, then lets go."""
+
+    def __init__(self, gateway: Gateway, endpoint: IStreamServerEndpoint, grace: float) -> None:
+        self.gateway = gateway
+        self.endpoint = endpoint
+        self.grace = grace
+        self.port: IListeningPort | None = None
+        self.listening: Deferred[IListeningPort] = Deferred()
+
+    def startService(self) -> None:
+        super().startService()
+        d = self.endpoint.listen(self.gateway.site())
+
+        def listening(port: IListeningPort) -> IListeningPort:
+            self.port = port
+            host = port.getHost()
+            log.info(
+                "openclaw gateway listening on http://{host}:{port}",
+                host=getattr(host, "host", "?"),
+                port=getattr(host, "port", "?"),
+            )
+            for line in self.gateway.describe():
+                log.info("{line}", line=line)
+            self.listening.callback(port)
+            return port
+
+        def failed(f: Any) -> None:
+            log.error("openclaw gateway could not listen: {err}", err=f.getErrorMessage())
+            self.listening.errback(f)
+            self.gateway.reactor.stop()
+
+        d.addCallbacks(listening, failed)
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
+        log.info("openclaw gateway stopping (grace {grace:g}s)", grace=self.grace)
+        if self.port is not None:
+            await maybeDeferred(self.port.stopListening)
+        await self.gateway.shutdown(self.grace)
+        log.info("openclaw gateway stopped")

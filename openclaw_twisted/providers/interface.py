@@ -1,0 +1,154 @@
+"""What the agent runner asks of a model provider, and what comes back."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import attrs
+from twisted.internet.defer import Deferred
+from zope.interface import Attribute, Interface
+
+Role = Literal["user", "assistant"]
+StopReason = Literal["stop", "length"]
+
+
+@attrs.frozen
+class Usage:
+    """Token counts as the provider reported them (zeros when it gave none)."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    def to_json(self) -> dict[str, int]:
+        return {
+            "input": self.input_tokens,
+            "output": self.output_tokens,
+            "total": self.total_tokens,
+        }
+
+
+@attrs.frozen
+class Image:
+    """An image for the model: decoded bytes of a data URI, or a remote URL when allowed."""
+
+    mime: str
+    data: bytes = b""
+    url: str | None = None
+
+
+@attrs.frozen
+class Message:
+    """One turn of the conversation as a provider sees it."""
+
+    role: Role
+    text: str
+    images: tuple[Image, ...] = ()
+
+
+@attrs.frozen
+class Sampling:
+    """The OpenAI sampling fields, already validated at the edge; ``None`` means unset."""
+
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+
+
+@attrs.frozen
+class ModelRequest:
+    """A complete request to one model: system prompt, conversation, sampling."""
+
+    model: str
+    system: str
+    messages: tuple[Message, ...]
+    sampling: Sampling = Sampling()
+
+
+@attrs.frozen
+class TextDelta:
+    """A piece of the assistant's answer, as it arrived."""
+
+    text: str
+
+
+@attrs.frozen
+class Finish:
+    """The model finished: why, and what it cost."""
+
+    stop_reason: StopReason = "stop"
+    usage: Usage = Usage()
+
+
+ModelEvent = TextDelta | Finish
+
+ProviderErrorKind = Literal[
+    "unavailable",  # refused, reset, DNS, TLS: the provider could not be reached
+    "auth",  # 401/403: the key in the config is wrong
+    "rate_limited",  # 429
+    "upstream_error",  # 5xx, or a broken/garbled stream
+    "bad_request",  # 4xx other than the above: our request was refused
+    "timeout",  # no answer in time
+    "misconfigured",  # unknown provider or model, unsupported api
+]
+
+
+class ProviderError(Exception):
+    """A model provider failed; ``kind`` says how, so the edge can pick a status."""
+
+    def __init__(
+        self,
+        kind: ProviderErrorKind,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.kind: ProviderErrorKind = kind
+        self.message = message
+        self.status = status
+        self.retry_after = retry_after
+
+    @property
+    def try_next_model(self) -> bool:
+        """Whether a configured fallback model should be tried after this failure."""
+        return self.kind in ("unavailable", "rate_limited", "upstream_error", "timeout")
+
+    def __repr__(self) -> str:
+        return f"ProviderError({self.kind!r}, {self.message!r}, status={self.status!r})"
+
+
+class IModelStream(Interface):
+    """The events of one model response, pulled one at a time."""
+
+    def next() -> Deferred[ModelEvent | None]:
+        """
+        The next event; ``None`` after the ``Finish``.
+
+        Fails with L{ProviderError} if the stream breaks.  While nobody asks, the provider's
+        response body is paused once a few events are buffered.
+        """
+
+    def cancel() -> None:
+        """Abandon the response and close its connection; idempotent."""
+
+
+class IProvider(Interface):
+    """A model provider: one configured ``models.providers`` entry (or the built-in echo)."""
+
+    name: str = Attribute("The provider's name, the part before ``/`` in a model ref.")
+
+    def open(request: ModelRequest) -> Deferred[IModelStream]:
+        """
+        Send ``request``; fire once the provider has accepted it (2xx, headers in).
+
+        Fails with L{ProviderError}.  Cancelling the Deferred aborts the HTTP request.
+        """

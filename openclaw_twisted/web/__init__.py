@@ -1,0 +1,1 @@
+"""The HTTP edge: one-port dispatch, routes, chat completions, SSE."""

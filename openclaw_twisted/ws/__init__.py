@@ -1,0 +1,1 @@
+"""The Gateway WebSocket protocol: server and the client the CLI uses."""
