@@ -2,27 +2,62 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import os
 import sys
-from typing import Any
+from typing import IO, Any
 
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ReactorNotRunning
 from twisted.python import usage
 
 from . import tap
+
+PROG = "openclaw-twisted"
 
 
 class GatewayOptions(tap.Options):
     synopsis = "openclaw-twisted gateway " + tap.Options.synopsis
 
 
+class AgentOptions(usage.Options):
+    """``openclaw-twisted agent``: one agent turn, printed as it streams."""
+
+    synopsis = (
+        "openclaw-twisted agent --message TEXT [--agent ID] [--session-key KEY] "
+        "[--url ws://...] [--token T] [--local] [--config PATH]"
+    )
+    optParameters = [
+        ["message", "m", None, "What to say to the agent (required)."],
+        ["agent", "a", None, "Agent id (default: the configured default agent)."],
+        [
+            "session-key",
+            "s",
+            None,
+            "Session key (default: agent:<agentId>:main, so calls continue one conversation).",
+        ],
+        ["url", "u", None, "The gateway's WebSocket URL (default: ws://127.0.0.1:<port>)."],
+        ["token", "t", None, "Gateway token or password (default: from the config)."],
+        ["config", "c", None, "Path of openclaw.json (same resolution as the gateway)."],
+    ]
+    optFlags = [["local", "l", "Run the agent in this process, without a gateway."]]
+
+    def postOptions(self) -> None:
+        if not (self["message"] or "").strip():
+            raise usage.UsageError("--message TEXT is required")
+
+
 class MainOptions(usage.Options):
     synopsis = "openclaw-twisted <command> [options]"
     subCommands = [
         ["gateway", None, GatewayOptions, "Run the gateway in the foreground."],
+        ["agent", None, AgentOptions, "Send one message to an agent and print the answer."],
     ]
 
     def postOptions(self) -> None:
         if self.subCommand is None:
-            raise usage.UsageError("a command is required: gateway")
+            raise usage.UsageError("a command is required: gateway or agent")
 
 
 def run_gateway(options: tap.Options, reactor: Any) -> int:
@@ -34,6 +69,106 @@ def run_gateway(options: tap.Options, reactor: Any) -> int:
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     reactor.run()
     return 0
+
+
+async def agent_local(reactor: Any, options: AgentOptions, stdout: IO[str], stderr: IO[str]) -> int:
+    """One turn in this process (the gateway's own runner and disk sessions, no port)."""
+    from .agents.events import RunRequest
+    from .agents.roster import agent_from_session_key, main_session_key
+    from .config import ConfigError, load_config, normalize_agent_id
+    from .gateway import Gateway
+
+    try:
+        config = load_config(options["config"], os.environ)
+    except ConfigError as e:
+        stderr.write(f"{PROG}: config error: {e}\n")
+        return 2
+    gateway = Gateway(config, reactor)
+    try:
+        key = (options["session-key"] or "").strip()
+        agent_id = agent_from_session_key(key) or (
+            normalize_agent_id(options["agent"]) if options["agent"] else gateway.roster.default_id
+        )
+        if gateway.roster.get(agent_id) is None:
+            known = ", ".join(gateway.roster.ids)
+            stderr.write(f"{PROG}: unknown agent {agent_id!r} (configured: {known})\n")
+            return 2
+        run = gateway.runner.start(
+            RunRequest(agent_id, key or main_session_key(agent_id), options["message"])
+        )
+        # Ctrl-C: the turn is cancelled and kept in the transcript as aborted.
+        trigger = reactor.addSystemEventTrigger("before", "shutdown", run.cancel)
+        wrote = False
+        while (event := await run.next_event()) is not None:
+            if event.stream == "assistant":
+                stdout.write(event.data["delta"])
+                stdout.flush()
+                wrote = True
+        reactor.removeSystemEventTrigger(trigger)
+        result = await run.wait()
+        if wrote:
+            stdout.write("\n")
+            stdout.flush()
+        if result.error is not None:
+            err = result.error
+            stderr.write(f"{PROG}: agent run failed: {err.message} ({err.kind})\n")
+            return 1
+        return 0
+    finally:
+        await gateway.shutdown(0)
+
+
+async def agent_remote(
+    reactor: Any, options: AgentOptions, stdout: IO[str], stderr: IO[str]
+) -> int:
+    """One turn through a running gateway, over the WebSocket protocol."""
+    try:
+        client = importlib.import_module("openclaw_twisted.ws.client")
+    except ModuleNotFoundError as e:
+        if e.name != "openclaw_twisted.ws.client":
+            raise
+        stderr.write(
+            f"{PROG}: talking to a running gateway is not available yet in this version; "
+            "use --local to run the agent in this process\n"
+        )
+        return 2
+    code: int = await client.run_agent(reactor, options, stdout)
+    return code
+
+
+def run_agent_command(options: AgentOptions, reactor: Any) -> int:
+    from twisted.logger import (
+        FilteringLogObserver,
+        LogLevel,
+        LogLevelFilterPredicate,
+        globalLogBeginner,
+        textFileLogObserver,
+    )
+
+    # stdout is the answer; problems worth a line go to stderr.
+    errors = LogLevelFilterPredicate(defaultLogLevel=LogLevel.error)
+    globalLogBeginner.beginLoggingTo(
+        [FilteringLogObserver(textFileLogObserver(sys.stderr), [errors])],
+        redirectStandardIO=False,
+    )
+    command = agent_local if options["local"] else agent_remote
+    codes: list[int] = []
+
+    def done(result: Any) -> None:
+        if isinstance(result, int):
+            codes.append(result)
+        else:
+            sys.stderr.write(f"{PROG}: internal error: {result.getErrorMessage()}\n")
+            codes.append(1)
+        with contextlib.suppress(ReactorNotRunning):
+            reactor.stop()
+
+    def go() -> None:
+        Deferred.fromCoroutine(command(reactor, options, sys.stdout, sys.stderr)).addBoth(done)
+
+    reactor.callWhenRunning(go)
+    reactor.run()
+    return codes[0] if codes else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_gateway(options.subOptions, reactor)
         except SystemExit as e:
             return int(e.code or 0)
+    if options.subCommand == "agent":
+        return run_agent_command(options.subOptions, reactor)
     return 2
 
 

@@ -17,7 +17,8 @@ from twisted.web.server import Site
 
 from .agents.roster import Roster
 from .agents.runner import AgentRunner
-from .agents.store import ISessionStore, MemorySessionStore
+from .agents.sessions import DiskSessionStore
+from .agents.store import ISessionStore
 from .auth import Authenticator, ClientAddress
 from .config import Config
 from .providers.registry import Providers
@@ -44,7 +45,8 @@ class Gateway:
     One OpenClaw gateway, built from a L{Config} and a reactor.
 
     Mount ``resource()`` in any Twisted ``Site`` to embed it, or run ``service(endpoint)``.
-    The HTTP client, providers and session store may be injected (tests, embedding).
+    The HTTP client, providers and session store may be injected (tests, embedding); the
+    default store keeps sessions on disk under ``config.state_dir``.
     """
 
     def __init__(
@@ -63,7 +65,8 @@ class Gateway:
         self.client_address = ClientAddress.from_config(config.gateway.trusted_proxies)
         self.roster = Roster.from_config(config)
         self.providers = providers or Providers.from_config(config, self.http, reactor)
-        self.store = store if store is not None else MemorySessionStore()
+        # Sessions live under the state dir unless a store is injected (tests, embedding).
+        self.store = store if store is not None else DiskSessionStore(config.state_dir)
         self.runner = AgentRunner(self.roster, self.providers, self.store, reactor)
         self.ready = True
         self._http_app = GatewayHTTP(self)
@@ -101,6 +104,7 @@ class Gateway:
         if self._ws_factory is not None:
             self._ws_factory.shutdown()
         await self.runner.shutdown(grace)
+        self.store.flush()
         pool = getattr(getattr(self.http, "_agent", None), "_pool", None)
         if pool is not None:
             await pool.closeCachedConnections()

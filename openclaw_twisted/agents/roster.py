@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 
 import attrs
 
 from ..config import WORKSPACE_FILES, AgentConfig, Config, ModelChoice
+
+_KEY_AGENT = re.compile(r"^agent:([a-z0-9][a-z0-9_-]{0,63}):", re.IGNORECASE)
 
 #: The model every agent uses when the config names none.
 ECHO_MODEL = ModelChoice("echo/echo")
@@ -69,6 +72,17 @@ class Roster:
         agent = self.get(self.default_id)
         assert agent is not None
         return agent
+
+
+def agent_from_session_key(key: str) -> str | None:
+    """The agent a key of the form ``agent:<id>:...`` names (lowercased), else ``None``."""
+    m = _KEY_AGENT.match(key)
+    return m.group(1).lower() if m else None
+
+
+def main_session_key(agent_id: str) -> str:
+    """The agent's main session (OpenClaw's ``agent:<id>:main``), the CLI's default."""
+    return f"agent:{agent_id}:main"
 
 
 def config_default_model(config: Config) -> ModelChoice:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredLock, ensureDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -31,6 +31,19 @@ log = Logger()
 EVENT_BUFFER = 16
 
 CancelReason = Literal["aborted", "agent_timeout", "shutdown"]
+T = TypeVar("T")
+
+
+SHUTDOWN_MESSAGE = "The gateway is shutting down."
+
+
+def _cancelled(run: Run) -> RunError:
+    reason = run._cancel_reason or "aborted"
+    message = {
+        "agent_timeout": f"The agent run took longer than {run.agent.timeout_seconds:g}s.",
+        "shutdown": SHUTDOWN_MESSAGE,
+    }.get(reason, "The run was cancelled.")
+    return RunError(reason, message)
 
 
 class UnknownAgent(Exception):
@@ -61,8 +74,9 @@ class Run:
         self._clock = clock
         self._events: PullQueue[RunEvent] = PullQueue(high=EVENT_BUFFER, low=EVENT_BUFFER // 2)
         self._seq = 0
-        self._task: Deferred[None] | None = None
         self._cancel_reason: CancelReason | None = None
+        #: What the run is waiting for right now (lane, provider, stream, consumer).
+        self._waiting_on: Deferred[Any] | None = None
         self._waiters: list[Deferred[RunResult]] = []
         self.started = False
         self.result: RunResult | None = None
@@ -72,10 +86,17 @@ class Run:
         return self._events.get()
 
     def cancel(self, reason: CancelReason = "aborted") -> None:
-        """Stop the run: closes the provider request; the turn is kept as ``aborted``."""
-        if self._task is not None and self.result is None:
-            self._cancel_reason = self._cancel_reason or reason
-            self._task.cancel()
+        """
+        Stop the run wherever it is (waiting in its lane, for the provider, mid-stream):
+        closes the provider request; a turn that had begun is kept as ``aborted``.
+        Safe to call from an event callback and more than once (the first reason wins).
+        """
+        if self.result is not None or self._cancel_reason is not None:
+            return
+        self._cancel_reason = reason
+        waiting, self._waiting_on = self._waiting_on, None
+        if waiting is not None:
+            waiting.cancel()
 
     def wait(self) -> Deferred[RunResult]:
         """Fires with the result once the run has ended, however it ended."""
@@ -84,6 +105,23 @@ class Run:
         d: Deferred[RunResult] = Deferred()
         self._waiters.append(d)
         return d
+
+    async def _wait(self, d: Deferred[T]) -> T:
+        """Await ``d`` unless the run is (or gets) cancelled: then raise ``CancelledError``."""
+        if self._cancel_reason is not None:
+            d.addErrback(lambda _: None)
+            d.cancel()
+            raise CancelledError()
+        self._waiting_on = d
+        try:
+            return await d
+        finally:
+            self._waiting_on = None
+
+    def _check(self) -> None:
+        # A cancel that arrived while the run was busy (e.g. from an event callback).
+        if self._cancel_reason is not None:
+            raise CancelledError()
 
     def _now_ms(self) -> int:
         return int(self._clock.seconds() * 1000)
@@ -121,6 +159,7 @@ class AgentRunner:
         self.active: dict[str, Run] = {}
         self.listeners: list[Callable[[Run, RunEvent], object]] = []
         self._lanes: dict[str, DeferredLock] = {}
+        self.closing = False
 
     def agent(self, agent_id: str) -> Agent:
         agent = self.roster.get(agent_id)
@@ -129,51 +168,67 @@ class AgentRunner:
         return agent
 
     def start(self, request: RunRequest) -> Run:
-        """Begin a turn; it waits behind earlier turns on the same session key."""
+        """
+        Begin a turn; it waits behind earlier turns on the same session key.
+
+        Raises L{UnknownAgent}. Once ``shutdown`` has begun, the run ends at once with a
+        ``shutdown`` error event.
+        """
         agent = self.agent(request.agent_id)
         run_id = request.run_id or str(uuid.uuid4())
         run = Run(request, agent, run_id, self.clock, self._notify)
+        if self.closing:
+            self._end(run, "", Usage(), "error", RunError("shutdown", SHUTDOWN_MESSAGE))
+            return run
         self.active[run.run_id] = run
-        run._task = ensureDeferred(self._drive(run))
+        ensureDeferred(self._drive(run)).addErrback(
+            lambda f: log.failure("agent run {run_id} crashed", f, run_id=run_id)
+        )
         return run
 
     def _notify(self, run: Run, event: RunEvent) -> None:
         for listener in list(self.listeners):
-            listener(run, event)
+            try:
+                listener(run, event)
+            except Exception:
+                # One broken observer must not break the run or the other observers.
+                log.failure("run listener {listener!r} failed", listener=listener)
 
-    def _lane(self, key: str) -> DeferredLock:
+    async def _drive(self, run: Run) -> None:
+        key = run.request.session_key
         lane = self._lanes.get(key)
         if lane is None:
             lane = self._lanes[key] = DeferredLock()
-        return lane
+        try:
+            await run._wait(lane.acquire())
+        except CancelledError:
+            # Cancelled while queued: the turn never began, so nothing is written.
+            self._drop_lane(key, lane)
+            self._end(run, "", Usage(), "aborted", _cancelled(run))
+            return
+        try:
+            await self._turn(run)
+        finally:
+            lane.release()
+            self._drop_lane(key, lane)
 
-    def _release(self, key: str, lane: DeferredLock) -> None:
-        lane.release()
+    def _drop_lane(self, key: str, lane: DeferredLock) -> None:
         if not lane.locked and not lane.waiting and self._lanes.get(key) is lane:
             del self._lanes[key]
 
-    async def _drive(self, run: Run) -> None:
+    async def _turn(self, run: Run) -> None:
+        """One turn, holding its session's lane: model, events, transcript, final event."""
         req, agent = run.request, run.agent
-        lane = self._lane(req.session_key)
         text: list[str] = []
         usage, stop = Usage(), "stop"
         stream: IModelStream | None = None
         timer: IDelayedCall | None = None
         error: RunError | None = None
-        started_ms = 0
+        started_ms = run._now_ms()
+        if agent.timeout_seconds > 0:
+            timer = self.clock.callLater(agent.timeout_seconds, run.cancel, "agent_timeout")
         try:
-            await lane.acquire()
-        except CancelledError:
-            error = RunError(run._cancel_reason or "aborted", "The run was cancelled.")
-            self._end(run, "", usage, "aborted", error)
-            return
-        try:
-            started_ms = run._now_ms()
-
-            def on_timeout() -> None:
-                run.cancel("agent_timeout")
-
-            timer = self.clock.callLater(agent.timeout_seconds, on_timeout)
+            run._check()
             history = (
                 self.store.history(agent.id, req.session_key, agent.history_limit)
                 if req.persist
@@ -185,11 +240,15 @@ class AgentRunner:
             def make(model: str) -> ModelRequest:
                 return ModelRequest(model, system, messages, req.sampling)
 
-            ref, stream = await self.providers.open(agent.model.refs, make)
+            ref, opened = await run._wait(
+                ensureDeferred(self.providers.open(agent.model.refs, make))
+            )
+            stream = opened
+            run._check()
             run.started = True
             run._emit("lifecycle", {"phase": "start", "startedAt": started_ms, "model": ref})
             while True:
-                event = await stream.next()
+                event = await run._wait(opened.next())
                 if event is None:
                     break
                 if isinstance(event, TextDelta):
@@ -197,16 +256,11 @@ class AgentRunner:
                         continue
                     text.append(event.text)
                     run._emit("assistant", {"delta": event.text, "text": "".join(text)})
-                    await run._events.room()
+                    await run._wait(run._events.room())
                 elif isinstance(event, Finish):
                     stop, usage = event.stop_reason, event.usage
         except CancelledError:
-            reason = run._cancel_reason or "aborted"
-            message = {
-                "agent_timeout": f"The agent run took longer than {agent.timeout_seconds:g}s.",
-                "shutdown": "The gateway is shutting down.",
-            }.get(reason, "The run was cancelled.")
-            error = RunError(reason, message)
+            error = _cancelled(run)
             stop = "aborted"
         except ProviderError as e:
             error = RunError(e.kind, e.message, e.status, e.retry_after)
@@ -220,6 +274,8 @@ class AgentRunner:
                 timer.cancel()
             if stream is not None:
                 stream.cancel()
+        # The transcript is durable before the final event, so whoever sees the end of a
+        # turn (SSE [DONE], WS final, CLI exit) can rely on it being on disk.
         try:
             if req.persist and (run.started or stop == "aborted"):
                 self._record(run, "".join(text), usage, stop, started_ms)
@@ -227,8 +283,6 @@ class AgentRunner:
             log.failure("could not write the transcript of run {run_id}", run_id=run.run_id)
             error = error or RunError("internal_error", "Internal error.")
             stop = "error"
-        finally:
-            self._release(req.session_key, lane)
         self._end(run, "".join(text), usage, stop, error)
 
     def _record(self, run: Run, text: str, usage: Usage, stop: str, started_ms: int) -> None:
@@ -254,6 +308,8 @@ class AgentRunner:
         self.store.append(run.agent.id, req.session_key, [user, assistant])
 
     def _end(self, run: Run, text: str, usage: Usage, stop: str, error: RunError | None) -> None:
+        if run.result is not None:
+            return
         if error is None:
             run._emit("lifecycle", {"phase": "end", "stopReason": stop, "usage": usage.to_json()})
         else:
@@ -265,6 +321,7 @@ class AgentRunner:
 
     def shutdown(self, grace_seconds: float) -> Deferred[None]:
         """Let runs in flight finish for ``grace_seconds``, then cancel the rest."""
+        self.closing = True
         runs = list(self.active.values())
         if not runs:
             return succeed(None)
@@ -279,7 +336,9 @@ class AgentRunner:
                 done.callback(None)
 
         def cut() -> None:
-            for r in runs:
+            # Newest first: a turn queued in a lane is cancelled before the turn ahead of it
+            # ends and lets it begin.
+            for r in reversed(runs):
                 r.cancel("shutdown")
 
         timer = self.clock.callLater(grace_seconds, cut)

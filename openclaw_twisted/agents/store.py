@@ -25,15 +25,36 @@ class ISessionStore(Interface):
     def sessions(agent_id: str) -> list[dict[str, Any]]:
         """``[{key, sessionId, updatedAt}]`` for the agent's sessions, newest first."""
 
+    def flush() -> None:
+        """Write anything kept back (the gateway calls this when it stops)."""
+
 
 def messages_from(records: list[dict[str, Any]], limit: int) -> list[Message]:
     """The conversation in transcript records, as provider messages (last ``limit``)."""
-    out = [
-        Message(r["role"], r["text"])
-        for r in records
-        if r.get("role") in ("user", "assistant") and isinstance(r.get("text"), str) and r["text"]
-    ]
-    return out[-limit:] if limit > 0 else []
+    if limit <= 0:
+        return []
+    out: list[Message] = []
+    for r in records:
+        role, text = r.get("role"), r.get("text")
+        if role is None and isinstance(r.get("message"), dict):
+            # A transcript written by OpenClaw itself: {"type":"message","message":{...}}.
+            role, text = r["message"].get("role"), _content_text(r["message"].get("content"))
+        if role in ("user", "assistant") and isinstance(text, str) and text:
+            out.append(Message(role, text))
+    return out[-limit:]
+
+
+def _content_text(content: Any) -> str | None:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = [
+            p["text"]
+            for p in content
+            if isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+        ]
+        return "\n".join(parts)
+    return None
 
 
 @implementer(ISessionStore)
@@ -55,6 +76,9 @@ class MemorySessionStore:
 
     def transcript(self, agent_id: str, session_key: str) -> list[dict[str, Any]]:
         return list(self._data.get((agent_id, session_key), []))
+
+    def flush(self) -> None:
+        pass
 
     def sessions(self, agent_id: str) -> list[dict[str, Any]]:
         rows = [

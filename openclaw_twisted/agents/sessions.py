@@ -1,0 +1,379 @@
+"""Sessions on disk (CONTRACT §5.4): a ``sessions.json`` index and one JSONL transcript each."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from ..config import normalize_agent_id
+from ..providers.interface import Message
+from .store import ISessionStore, messages_from
+
+log = Logger()
+
+INDEX = "sessions.json"
+#: A session id from the index becomes a file name only if it looks like one (uuid4 here;
+#: OpenClaw's own ids have the same shape). Anything else in the index is never a path.
+_SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+#: How many transcripts are kept parsed in memory (least recently used are dropped).
+CACHE_SESSIONS = 256
+#: ``updatedAt`` alone is rewritten at most this often per agent (a new session is written
+#: at once). A crash loses nothing: on load, ``updatedAt`` is raised to the transcript's mtime.
+INDEX_REFRESH_SECONDS = 1.0
+
+
+@attrs.define
+class _Transcript:
+    """A transcript as far as this process has read or written it."""
+
+    path: str
+    records: list[dict[str, Any]]
+    #: Bytes parsed so far: the end of the last complete line.
+    parsed: int = 0
+    #: Bytes of the file; more than ``parsed`` when a torn fragment (no newline) ends it.
+    end: int = 0
+
+
+@attrs.define
+class _Index:
+    """One agent's ``sessions.json``, kept in memory."""
+
+    dir: str
+    entries: dict[str, dict[str, Any]]
+    #: ``(mtime_ns, size)`` of the file when this process last read or wrote it.
+    seen: tuple[int, int] | None = None
+    written_at: float = 0.0
+    dirty: bool = False
+
+
+@implementer(ISessionStore)
+class DiskSessionStore:
+    """
+    ``<stateDir>/agents/<agentId>/sessions/``: ``sessions.json`` maps each session key to
+    ``{sessionId, updatedAt}``, and ``<sessionId>.jsonl`` is the transcript.
+
+    Appends are fsynced before ``append`` returns. Session keys are never file names and agent
+    ids are normalised (``[a-z0-9_-]``), so neither can leave the state dir. Transcripts are
+    cached in memory and re-read only when another process has written to them.
+    """
+
+    def __init__(
+        self,
+        state_dir: str,
+        *,
+        now: Callable[[], float] = time.time,
+        cache_sessions: int = CACHE_SESSIONS,
+    ) -> None:
+        self.root = os.path.join(os.path.abspath(state_dir), "agents")
+        self._now = now
+        self._cache_size = cache_sessions
+        self._indexes: dict[str, _Index] = {}
+        self._cache: OrderedDict[str, _Transcript] = OrderedDict()
+
+    # -- ISessionStore ---------------------------------------------------------------------
+
+    def history(self, agent_id: str, session_key: str, limit: int) -> list[Message]:
+        t = self._open(agent_id, session_key)
+        return messages_from(t.records, limit) if t is not None else []
+
+    def transcript(self, agent_id: str, session_key: str) -> list[dict[str, Any]]:
+        t = self._open(agent_id, session_key)
+        return [r for r in t.records if r.get("type") != "session"] if t is not None else []
+
+    def sessions(self, agent_id: str) -> list[dict[str, Any]]:
+        index = self._index(agent_id)
+        rows = [
+            {"key": key, "sessionId": e["sessionId"], "updatedAt": e.get("updatedAt", 0)}
+            for key, e in index.entries.items()
+        ]
+        return sorted(rows, key=lambda r: -r["updatedAt"])
+
+    def append(self, agent_id: str, session_key: str, records: list[dict[str, Any]]) -> None:
+        index = self._index(agent_id)
+        entry = index.entries.get(session_key)
+        created = entry is None
+        now_ms = int(self._now() * 1000)
+        if entry is None:
+            entry = {"sessionId": str(uuid.uuid4())}
+            header = {
+                "type": "session",
+                "id": entry["sessionId"],
+                "sessionKey": session_key,
+                "agentId": normalize_agent_id(agent_id),
+                "ts": now_ms,
+            }
+            records = [header, *records]
+        path = os.path.join(index.dir, entry["sessionId"] + ".jsonl")
+        t = self._cached(path)
+        data = b"".join(_line(r) for r in records)
+        if t.end > t.parsed:
+            # A crash tore the last line: start on a fresh line so the fragment stays one
+            # unreadable line (skipped on load) instead of swallowing this turn's first record.
+            data = b"\n" + data
+        _append(path, data)
+        t.records.extend(records)
+        t.parsed = t.end = t.end + len(data)
+        entry["updatedAt"] = max([now_ms, *(int(r.get("ts") or 0) for r in records)])
+        index.entries[session_key] = entry
+        index.dirty = True
+        if created or self._now() - index.written_at >= INDEX_REFRESH_SECONDS:
+            self._write_index(index)
+
+    def flush(self) -> None:
+        """Write every index that has unwritten ``updatedAt`` changes."""
+        for index in self._indexes.values():
+            if index.dirty:
+                self._write_index(index)
+
+    # -- the index ------------------------------------------------------------------------
+
+    def _dir(self, agent_id: str) -> str:
+        path = os.path.join(self.root, normalize_agent_id(agent_id), "sessions")
+        # normalize_agent_id leaves only [a-z0-9_-]; this guards the invariant, not input.
+        if os.path.dirname(os.path.dirname(path)) != self.root:
+            raise ValueError(f"agent id {agent_id!r} does not name a directory under the state dir")
+        return path
+
+    def _index(self, agent_id: str) -> _Index:
+        d = self._dir(agent_id)
+        index = self._indexes.get(d)
+        if index is None:
+            index = self._indexes[d] = _load_index(d)
+        elif _stat(os.path.join(d, INDEX)) not in (index.seen, None):
+            # Another process (the gateway, or ``agent --local``) wrote it: take its sessions.
+            _merge(index, _load_index(d))
+        return index
+
+    def _write_index(self, index: _Index) -> None:
+        path = os.path.join(index.dir, INDEX)
+        disk = _stat(path)
+        if disk is not None and disk != index.seen:
+            _merge(index, _load_index(index.dir))
+        os.makedirs(index.dir, mode=0o700, exist_ok=True)
+        data = json.dumps(index.entries, ensure_ascii=False, indent=2).encode("utf-8")
+        tmp = f"{path}.{os.getpid()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        _fsync_dir(index.dir)
+        index.seen = _stat(path)
+        index.written_at = self._now()
+        index.dirty = False
+
+    # -- transcripts ----------------------------------------------------------------------
+
+    def _open(self, agent_id: str, session_key: str) -> _Transcript | None:
+        index = self._index(agent_id)
+        entry = index.entries.get(session_key)
+        if entry is None:
+            return None
+        return self._cached(os.path.join(index.dir, entry["sessionId"] + ".jsonl"))
+
+    def _cached(self, path: str) -> _Transcript:
+        t = self._cache.get(path)
+        size = _size(path)
+        if t is None or size < t.end:
+            t = _Transcript(path, [])
+            if size:
+                _read_from(t)
+        elif size > t.end:
+            # Another process appended (or a fragment grew): parse only what is new.
+            _read_from(t)
+        self._cache[path] = t
+        self._cache.move_to_end(path)
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return t
+
+
+def _line(record: dict[str, Any]) -> bytes:
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+
+
+def _read_from(t: _Transcript) -> None:
+    """Parse the transcript from ``t.parsed``; a line that is not a JSON object is skipped."""
+    try:
+        with open(t.path, "rb") as f:
+            f.seek(t.parsed)
+            data = f.read()
+    except FileNotFoundError:
+        return
+    complete, _, fragment = data.rpartition(b"\n")
+    bad = 0
+    for raw in complete.split(b"\n") if complete else ():
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw)
+        except ValueError:
+            record = None
+        if isinstance(record, dict):
+            t.records.append(record)
+        else:
+            bad += 1
+    if bad:
+        log.warn("transcript {path}: skipped {n} unreadable line(s)", path=t.path, n=bad)
+    if fragment.strip():
+        # No newline after it: a write torn by a crash. It is skipped, never fatal.
+        log.warn(
+            "transcript {path}: skipping a torn last line ({n} bytes)",
+            path=t.path,
+            n=len(fragment),
+        )
+    t.parsed += len(data) - len(fragment)
+    t.end = t.parsed + len(fragment)
+
+
+def _load_index(d: str) -> _Index:
+    """
+    Read ``sessions.json``. If it is missing or unreadable while transcripts exist, rebuild it
+    from their headers (a corrupt file is kept aside as ``sessions.json.corrupt-<ms>``).
+    """
+    path = os.path.join(d, INDEX)
+    index = _Index(d, {})
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+        index.seen = _stat(path)
+    except FileNotFoundError:
+        raw = None
+    entries: dict[str, Any] | None = None
+    if raw is not None:
+        try:
+            loaded = json.loads(raw)
+            if not isinstance(loaded, dict):
+                raise ValueError("not a JSON object")
+            entries = loaded
+        except ValueError as e:
+            aside = f"{path}.corrupt-{int(time.time() * 1000)}"
+            os.replace(path, aside)
+            log.error(
+                "session index {path} is unreadable ({err}); kept as {aside}, rebuilding it "
+                "from the transcripts",
+                path=path,
+                err=str(e),
+                aside=aside,
+            )
+    for key, entry in (entries or {}).items():
+        if (
+            isinstance(entry, dict)
+            and isinstance(entry.get("sessionId"), str)
+            and _SESSION_ID.match(entry["sessionId"])
+        ):
+            if not isinstance(entry.get("updatedAt"), int | float):
+                entry["updatedAt"] = 0
+            index.entries[key] = entry
+        else:
+            log.warn("session index {path}: ignoring the bad entry for {key!r}", path=path, key=key)
+    _recover(index)
+    return index
+
+
+def _recover(index: _Index) -> None:
+    """Add transcripts the index does not know (lost index, crash before it was written)."""
+    try:
+        names = os.listdir(index.dir)
+    except FileNotFoundError:
+        return
+    known = {e["sessionId"]: e for e in index.entries.values()}
+    found = 0
+    for name in names:
+        sid, ext = os.path.splitext(name)
+        if ext != ".jsonl" or not _SESSION_ID.match(sid):
+            continue
+        path = os.path.join(index.dir, name)
+        mtime_ms = int(os.stat(path).st_mtime * 1000)
+        entry = known.get(sid)
+        if entry is not None:
+            # updatedAt is written lazily; the transcript's mtime is never older than it.
+            entry["updatedAt"] = max(int(entry["updatedAt"]), mtime_ms)
+            continue
+        key = _header_key(path)
+        if key is None or key in index.entries:
+            continue
+        index.entries[key] = {"sessionId": sid, "updatedAt": mtime_ms}
+        found += 1
+    if found:
+        index.dirty = True
+        log.warn(
+            "session index {dir}: recovered {n} session(s) from their transcripts",
+            dir=index.dir,
+            n=found,
+        )
+
+
+def _header_key(path: str) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            first = json.loads(f.readline())
+    except (OSError, ValueError):
+        return None
+    if isinstance(first, dict) and first.get("type") == "session":
+        key = first.get("sessionKey")
+        return key if isinstance(key, str) else None
+    return None
+
+
+def _merge(index: _Index, disk: _Index) -> None:
+    """Take sessions another process added; ours win where both know a key."""
+    for key, entry in disk.entries.items():
+        if key not in index.entries:
+            index.entries[key] = entry
+    index.seen = disk.seen
+
+
+def _stat(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_mtime_ns, st.st_size)
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _append(path: str, data: bytes) -> None:
+    new = not os.path.exists(path)
+    if new:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        _write_all(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if new:
+        _fsync_dir(os.path.dirname(path))
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
