@@ -6,6 +6,7 @@ import contextlib
 import importlib
 import os
 import sys
+from collections.abc import Mapping
 from typing import IO, Any
 
 from twisted.internet.defer import Deferred
@@ -71,7 +72,13 @@ def run_gateway(options: tap.Options, reactor: Any) -> int:
     return 0
 
 
-async def agent_local(reactor: Any, options: AgentOptions, stdout: IO[str], stderr: IO[str]) -> int:
+async def agent_local(
+    reactor: Any,
+    options: AgentOptions,
+    stdout: IO[str],
+    stderr: IO[str],
+    environ: Mapping[str, str] = os.environ,
+) -> int:
     """One turn in this process (the gateway's own runner and disk sessions, no port)."""
     from .agents.events import RunRequest
     from .agents.roster import agent_from_session_key, main_session_key
@@ -79,7 +86,7 @@ async def agent_local(reactor: Any, options: AgentOptions, stdout: IO[str], stde
     from .gateway import Gateway
 
     try:
-        config = load_config(options["config"], os.environ)
+        config = load_config(options["config"], environ)
     except ConfigError as e:
         stderr.write(f"{PROG}: config error: {e}\n")
         return 2

@@ -31,17 +31,19 @@ class ISessionStore(Interface):
 
 def messages_from(records: list[dict[str, Any]], limit: int) -> list[Message]:
     """The conversation in transcript records, as provider messages (last ``limit``)."""
-    if limit <= 0:
-        return []
     out: list[Message] = []
-    for r in records:
+    # Walk back from the end: a long transcript costs only the messages that are sent.
+    for r in reversed(records):
+        if len(out) >= limit:
+            break
         role, text = r.get("role"), r.get("text")
         if role is None and isinstance(r.get("message"), dict):
             # A transcript written by OpenClaw itself: {"type":"message","message":{...}}.
             role, text = r["message"].get("role"), _content_text(r["message"].get("content"))
         if role in ("user", "assistant") and isinstance(text, str) and text:
             out.append(Message(role, text))
-    return out[-limit:]
+    out.reverse()
+    return out
 
 
 def _content_text(content: Any) -> str | None:
