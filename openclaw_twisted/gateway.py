@@ -10,10 +10,8 @@ from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool
-from twisted.web.http import Request
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
-from twisted.web.server import Site
 
 from .agents.roster import Roster
 from .agents.runner import AgentRunner
@@ -23,6 +21,7 @@ from .auth import Authenticator, ClientAddress
 from .config import Config
 from .providers.registry import Providers
 from .web.app import GatewayHTTP
+from .web.request import GatewaySite
 from .web.root import GatewayRoot
 from .ws.server import GatewayWebSocketFactory, websocket_resource
 
@@ -88,9 +87,9 @@ class Gateway:
             self._root = GatewayRoot(self._http_app.app.resource(), ws)
         return self._root
 
-    def site(self) -> Site:
+    def site(self) -> GatewaySite:
         """A ``Site`` serving ``resource()`` (without a per-request access log)."""
-        return GatewaySite(self.resource())
+        return GatewaySite(self.resource(), gate=self._http_app.body_gate, reactor=self.reactor)
 
     def service(
         self, endpoint: IStreamServerEndpoint, grace: float = DEFAULT_GRACE_SECONDS
@@ -128,15 +127,6 @@ class Gateway:
             lines.append("ignoring config keys not served here: " + ", ".join(self.config.ignored))
         lines.extend(self.config.notes)
         return lines
-
-
-class GatewaySite(Site):
-    """A ``Site`` without the per-request access log (it costs more than the request)."""
-
-    noisy = False
-
-    def log(self, request: Request) -> None:
-        pass
 
 
 class GatewayService(Service):

@@ -5,10 +5,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from klein import Klein
+from twisted.internet.defer import CancelledError
+from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
-from .errors import json_body, not_found
+from .completions import ChatCompletions
+from .errors import error_body, json_body, not_found
+from .request import BodyLimit
+
+log = Logger()
 
 if TYPE_CHECKING:
     from twisted.python.failure import Failure
@@ -23,6 +29,11 @@ class GatewayHTTP:
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
+        self.chat = ChatCompletions(gateway)
+
+    def body_gate(self, request: IRequest) -> bytes | BodyLimit | None:
+        """Checks a request once its headers are in, before its body is read."""
+        return self.chat.body_gate(request)
 
     @app.route("/healthz", methods=["GET", "HEAD"])
     @app.route("/health", methods=["GET", "HEAD"])
@@ -34,6 +45,27 @@ class GatewayHTTP:
     def ready(self, request: IRequest) -> bytes:
         ready = self.gateway.ready
         return json_body(request, 200 if ready else 503, {"ready": ready}, no_store=True)
+
+    @app.route("/v1/chat/completions", branch=False)
+    async def chat_completions(self, request: IRequest) -> bytes | None:
+        try:
+            return await self.chat.complete(request)
+        except CancelledError:
+            raise
+        except Exception:
+            log.failure("chat completion failed")
+            if request.startedWriting:  # type: ignore[attr-defined]
+                request.loseConnection()  # type: ignore[attr-defined]
+                return None
+            return error_body(request, 500, "Internal error.", "api_error", code="internal_error")
+
+    @app.route("/v1/models")
+    def models(self, request: IRequest) -> bytes:
+        return self.chat.models(request)
+
+    @app.route("/v1/models/<path:model_id>")
+    def model(self, request: IRequest, model_id: str) -> bytes:
+        return self.chat.models(request, model_id)
 
     @app.handle_errors(NotFound)
     def missing(self, request: IRequest, failure: Failure) -> bytes:

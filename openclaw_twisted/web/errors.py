@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import attrs
 from twisted.web.iweb import IRequest
+
+from ..agents.events import RunError
 
 JSON_TYPE = b"application/json; charset=utf-8"
 
@@ -51,3 +54,89 @@ def not_found(request: IRequest) -> bytes:
     request.setResponseCode(404)
     request.setHeader(b"content-type", b"text/plain; charset=utf-8")
     return b"Not Found"
+
+
+@attrs.frozen
+class ErrorReply:
+    """An error as the HTTP edge renders it: status, envelope fields, extra headers."""
+
+    status: int
+    message: str
+    type: str
+    code: str | None
+    param: str | None = None
+    retry: bool | None = None
+    retry_after: str | None = None
+
+    def envelope(self) -> dict[str, Any]:
+        return error_envelope(self.message, self.type, param=self.param, code=self.code)
+
+    def render(self, request: IRequest) -> bytes:
+        if self.retry_after:
+            request.setHeader(b"retry-after", self.retry_after.encode("ascii", "replace"))
+        return error_body(
+            request,
+            self.status,
+            self.message,
+            self.type,
+            param=self.param,
+            code=self.code,
+            retry=self.retry,
+        )
+
+
+def run_error_reply(error: RunError) -> ErrorReply:
+    """CONTRACT §4.6: how a failed agent run is told to an OpenAI client."""
+    kind, message = error.kind, error.message
+    if kind == "unavailable":
+        return ErrorReply(
+            502, f"Model provider unavailable: {message}", "api_error", "upstream_unavailable"
+        )
+    if kind == "auth":
+        return ErrorReply(
+            502,
+            "The model provider refused the gateway's credentials.",
+            "api_error",
+            "upstream_auth",
+            retry=False,
+        )
+    if kind == "rate_limited":
+        return ErrorReply(
+            429,
+            "The model provider is rate limiting requests.",
+            "rate_limit_error",
+            "upstream_rate_limited",
+            retry_after=error.retry_after,
+        )
+    if kind == "upstream_error":
+        return ErrorReply(502, f"Model provider error: {message}", "api_error", "upstream_error")
+    if kind == "timeout":
+        return ErrorReply(
+            504,
+            f"The model provider did not answer in time: {message}",
+            "timeout",
+            "upstream_timeout",
+        )
+    if kind == "bad_request":
+        return ErrorReply(
+            400,
+            f"The model provider refused the request: {message}",
+            "invalid_request_error",
+            "upstream_bad_request",
+        )
+    if kind == "misconfigured":
+        return ErrorReply(
+            502,
+            f"Model provider misconfigured: {message}",
+            "api_error",
+            "upstream_misconfigured",
+            retry=False,
+        )
+    if kind == "agent_timeout":
+        return ErrorReply(504, message, "timeout", "agent_timeout")
+    if kind == "shutdown":
+        return ErrorReply(503, message, "api_error", "shutdown")
+    if kind == "aborted":
+        return ErrorReply(503, message, "api_error", "aborted")
+    # internal_error and anything unforeseen: the details are in the log only.
+    return ErrorReply(500, "Internal error.", "api_error", "internal_error")

@@ -1,0 +1,212 @@
+"""``POST /v1/chat/completions`` and ``GET /v1/models``: a thin edge over the agent runner."""
+
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING, Any, cast
+
+from twisted.internet.defer import CancelledError
+from twisted.logger import Logger
+from twisted.web.iweb import IRequest
+from twisted.web.server import Request
+
+from ..agents.events import RunError, RunResult
+from ..agents.runner import Run
+from ..auth import bearer
+from .chat import InvalidRequest, decode_body, parse_chat
+from .errors import ErrorReply, error_body, json_body, not_found, run_error_reply
+from .request import BodyLimit
+from .sse import CompletionStream, usage_json
+
+if TYPE_CHECKING:
+    from ..config import ChatCompletionsConfig
+    from ..gateway import Gateway
+
+log = Logger()
+
+CHAT_PATH = b"/v1/chat/completions"
+NO_RESPONSE = "No response from OpenClaw."
+#: The request headers the chat request reads (lower-case).
+OPENCLAW_HEADERS = ("x-openclaw-agent-id", "x-openclaw-agent", "x-openclaw-session-key")
+
+
+def method_not_allowed(request: IRequest, allow: bytes) -> bytes:
+    request.setResponseCode(405)
+    request.setHeader(b"allow", allow)
+    request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+    return b"Method Not Allowed"
+
+
+def payload_too_large(request: IRequest) -> bytes:
+    return error_body(
+        request, 413, "Payload too large", "invalid_request_error", code="payload_too_large"
+    )
+
+
+class ChatCompletions:
+    """The OpenAI-compatible endpoints of one gateway (CONTRACT §4, §6)."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    @property
+    def config(self) -> ChatCompletionsConfig:
+        return self.gateway.config.chat_completions
+
+    # The checks before the body (§4.1 steps 1-3), shared by every endpoint here.
+
+    def precheck(self, request: IRequest, allow: bytes) -> bytes | None:
+        """An answer if the endpoint is off, the method wrong or the client not allowed."""
+        if not self.config.enabled:
+            return not_found(request)
+        if request.method not in allow.split(b", "):
+            return method_not_allowed(request, allow)
+        return self.authorize(request)
+
+    def authorize(self, request: IRequest) -> bytes | None:
+        """``None`` when the bearer credential is good; else the 401 or 429 answer."""
+        header = request.getHeader(b"authorization")
+        credential = bearer(header.decode("latin-1") if header else None)
+        verdict = self.gateway.auth.check(credential, self.gateway.client_ip(request))
+        if verdict.ok:
+            return None
+        if verdict.reason == "locked":
+            request.setHeader(b"retry-after", str(verdict.retry_after or 1).encode())
+            return error_body(
+                request,
+                429,
+                "Too many failed authentication attempts. Please try again later.",
+                "rate_limited",
+            )
+        request.setHeader(b"www-authenticate", b"Bearer")
+        return error_body(request, 401, "Unauthorized", "unauthorized")
+
+    def body_gate(self, request: IRequest) -> bytes | BodyLimit | None:
+        """Run when a request's headers are in (L{GatewaySite}): refuse before reading."""
+        if request.path != CHAT_PATH:
+            return None
+        refusal = self.precheck(request, b"POST")
+        if refusal is not None:
+            return refusal
+        length = request.getHeader(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.config.max_body_bytes:
+            return payload_too_large(request)
+        return BodyLimit(self.config.max_body_bytes, payload_too_large)
+
+    # POST /v1/chat/completions
+
+    async def complete(self, request: IRequest) -> bytes | None:
+        if not getattr(request, "prechecked", False):
+            refusal = self.precheck(request, b"POST")
+            if refusal is not None:
+                return refusal
+        content: Any = request.content
+        size = content.seek(0, 2)
+        if size > self.config.max_body_bytes:
+            return payload_too_large(request)
+        content.seek(0)
+        try:
+            body = decode_body(content.read())
+            headers = {
+                name: (request.getHeader(name.encode()) or b"").decode("utf-8", "replace")
+                for name in OPENCLAW_HEADERS
+            }
+            chat = parse_chat(
+                body,
+                headers,
+                self.gateway.roster,
+                self.config,
+                persist_ephemeral=self.gateway.config.persist_ephemeral,
+            )
+        except InvalidRequest as e:
+            return error_body(
+                request, 400, e.message, "invalid_request_error", param=e.param, code=e.code
+            )
+        run = self.gateway.runner.start(chat.run)
+        cast(Request, request).notifyFinish().addErrback(lambda _: run.cancel())
+        try:
+            first = await run.next_event()
+            if first is None or first.phase != "start":
+                return await self._failed(request, run)
+            completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+            created = int(self.gateway.reactor.seconds())
+            if not chat.stream:
+                result = await self._drain(run)
+                return self._reply(request, result, completion_id, created, chat.model)
+            stream = CompletionStream(
+                cast(Request, request),
+                run,
+                self.gateway.reactor,
+                completion_id=completion_id,
+                created=created,
+                model=chat.model,
+                include_usage=chat.include_usage,
+                heartbeat=self.config.heartbeat_seconds,
+            )
+            stream.start()
+            await stream.done
+            return None
+        except CancelledError:
+            # The client went away (Klein cancels the handler): so does the run.
+            run.cancel()
+            raise
+
+    async def _drain(self, run: Run) -> RunResult:
+        """Take every event (the run waits for room otherwise), then the run's result."""
+        while await run.next_event() is not None:
+            pass
+        return await run.wait()
+
+    async def _failed(self, request: IRequest, run: Run) -> bytes:
+        result = await self._drain(run)
+        error = result.error or RunError("internal_error", "The run ended without starting.")
+        return run_error_reply(error).render(request)
+
+    def _reply(
+        self, request: IRequest, result: RunResult, completion_id: str, created: int, model: str
+    ) -> bytes:
+        if result.error is not None:
+            return run_error_reply(result.error).render(request)
+        text = result.text if result.text.strip() else NO_RESPONSE
+        finish = "length" if result.stop_reason == "length" else "stop"
+        body = {
+            "id": completion_id,
+            "object": "chat.completion",
+            "created": created,
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": finish,
+                }
+            ],
+            "usage": usage_json(result.usage.to_json()),
+        }
+        return json_body(request, 200, body)
+
+    # GET /v1/models, /v1/models/{id}
+
+    def model_ids(self) -> list[str]:
+        return ["openclaw", "openclaw/default", *(f"openclaw/{a}" for a in self.gateway.roster.ids)]
+
+    def models(self, request: IRequest, model_id: str | None = None) -> bytes:
+        refusal = self.precheck(request, b"GET, HEAD")
+        if refusal is not None:
+            return refusal
+        if model_id is None:
+            data = [self._model(m) for m in self.model_ids()]
+            return json_body(request, 200, {"object": "list", "data": data})
+        if model_id not in self.model_ids():
+            return ErrorReply(
+                404,
+                f"The model '{model_id}' does not exist.",
+                "invalid_request_error",
+                "model_not_found",
+                param="model",
+            ).render(request)
+        return json_body(request, 200, self._model(model_id))
+
+    @staticmethod
+    def _model(model_id: str) -> dict[str, Any]:
+        return {"id": model_id, "object": "model", "created": 0, "owned_by": "openclaw"}

@@ -1,0 +1,193 @@
+"""Request bodies on the gateway's own Site: checked when the headers arrive, bounded, timed."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource
+from twisted.web.server import Request, Site
+
+from .errors import error_body
+from .root import SECURITY_HEADERS
+
+#: A request body must be complete this long after its headers (CONTRACT §4.1: 408).
+BODY_TIMEOUT_SECONDS = 30.0
+#: After an early answer, how long unread request bytes are drained so the client can read
+#: the answer before the connection closes (closing with unread data would reset it).
+LINGER_SECONDS = 5.0
+
+
+@attrs.frozen
+class BodyLimit:
+    """Read the body, but answer ``too_large(request)`` once it exceeds ``max_bytes``."""
+
+    max_bytes: int
+    too_large: Callable[[IRequest], bytes]
+
+
+#: Called once a request's headers are in and it has a body: ``bytes`` is an answer to send
+#: at once (status and headers already set on the request), a L{BodyLimit} bounds the body,
+#: ``None`` leaves it alone.
+BodyGate = Callable[[IRequest], "bytes | BodyLimit | None"]
+
+
+def body_timeout(request: IRequest) -> bytes:
+    return error_body(
+        request,
+        408,
+        "The request body was not received in time.",
+        "invalid_request_error",
+        code="request_timeout",
+    )
+
+
+class GatewayRequest(Request):
+    """
+    A request whose body is checked as it arrives, not after it was all read.
+
+    When the headers are in, the site's gate may answer at once (a 401, or a 413 from the
+    ``Content-Length``), or bound the body; a body not complete within
+    L{BODY_TIMEOUT_SECONDS} gets a 408.  An early answer closes the connection.
+    """
+
+    #: The gate ran (and found nothing to object to) before the body was read.
+    prechecked = False
+    answered_early = False
+    _limit: BodyLimit | None = None
+    _received = 0
+    _deadline: IDelayedCall | None = None
+
+    def gotLength(self, length: int | None) -> None:
+        super().gotLength(length)
+        if length == 0:
+            return
+        channel: Any = self.channel
+        site = channel.site
+        # The request line is known to the channel but only copied here once the body is in.
+        self.method, self.uri, self.clientproto = channel._command, channel._path, channel._version
+        self.path = self.uri.split(b"?", 1)[0]
+        verdict = site.gate(self) if site.gate is not None else None
+        if isinstance(verdict, bytes):
+            self._answer_early(verdict)
+            return
+        self.prechecked = site.gate is not None
+        if isinstance(verdict, BodyLimit):
+            self._limit = verdict
+        self._deadline = site.reactor.callLater(BODY_TIMEOUT_SECONDS, self._too_slow)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.answered_early:
+            return
+        self._received += len(data)
+        if self._limit is not None and self._received > self._limit.max_bytes:
+            self._answer_early(self._limit.too_large(self))
+            return
+        super().handleContentChunk(data)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if self.answered_early:
+            return
+        self._stop_deadline()
+        super().requestReceived(command, path, version)
+
+    def connectionLost(self, reason: Any) -> None:
+        self._stop_deadline()
+        super().connectionLost(reason)
+
+    def _stop_deadline(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        if not self.answered_early and not self.finished:
+            self._answer_early(body_timeout(self))
+
+    def _answer_early(self, body: bytes) -> None:
+        """Answer before the body was read, then close (after a short drain)."""
+        self._stop_deadline()
+        self.answered_early = True
+        channel: GatewayChannel = self.channel  # type: ignore[assignment]
+        channel.draining = True
+        channel.persistent = False
+        for name, value in SECURITY_HEADERS:
+            self.setHeader(name, value)
+        self.setHeader(b"connection", b"close")
+        self.write(body)
+        self.finish()
+
+
+class GatewayChannel(HTTPChannel):
+    """An HTTP channel that can stop parsing a request it already answered early."""
+
+    draining = False
+    _linger: IDelayedCall | None = None
+
+    def lineReceived(self, line: bytes) -> None:
+        if not self.draining:
+            super().lineReceived(line)
+
+    def rawDataReceived(self, data: bytes) -> None:
+        if not self.draining:
+            super().rawDataReceived(data)
+
+    def allContentReceived(self) -> None:
+        if not self.draining:
+            super().allContentReceived()
+
+    def _send100Continue(self) -> None:
+        # Never invite the body of a request that was already answered.
+        if not self.draining:
+            super()._send100Continue()
+
+    def loseConnection(self) -> None:
+        if not self.draining or self.transport is None:
+            super().loseConnection()
+            return
+        # Half-close: the answer and a FIN go out; unread bytes are drained until the client
+        # closes too, or the linger time is up.
+        transport: Any = self.transport
+        self._networkProducer.unregisterProducer()  # type: ignore[attr-defined]
+        if not hasattr(transport, "loseWriteConnection"):
+            transport.loseConnection()
+            return
+        transport.loseWriteConnection()
+        reactor: IReactorTime = self.site.reactor  # type: ignore[attr-defined]
+        self._linger = reactor.callLater(LINGER_SECONDS, transport.abortConnection)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._linger is not None and self._linger.active():
+            self._linger.cancel()
+        super().connectionLost(reason)
+
+
+class GatewaySite(Site):
+    """
+    The gateway's ``Site``: no per-request access log (it costs more than the request), and
+    request bodies checked by ``gate`` as soon as their headers are in.
+    """
+
+    noisy = False
+    protocol = GatewayChannel  # type: ignore[assignment]
+    requestFactory = GatewayRequest
+
+    def __init__(
+        self,
+        resource: IResource,
+        *,
+        gate: BodyGate | None = None,
+        reactor: IReactorTime | None = None,
+    ) -> None:
+        super().__init__(resource, reactor=reactor)
+        self.gate = gate
+
+    def log(self, request: Any) -> None:
+        pass

@@ -1,0 +1,207 @@
+"""The streaming chat completion: run events → SSE frames, pulled only while the client reads."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.server import Request
+from zope.interface import implementer
+
+from ..agents.events import RunError, RunEvent
+from ..agents.runner import Run
+from .errors import run_error_reply
+
+log = Logger()
+
+DONE = b"data: [DONE]\n\n"
+PING = b": ping\n\n"
+SSE_HEADERS = (
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"connection", b"keep-alive"),
+    (b"x-accel-buffering", b"no"),
+)
+
+
+def frame(data: Any) -> bytes:
+    """One SSE ``data:`` frame (compact JSON never contains a newline)."""
+    return (
+        b"data: " + json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
+    )
+
+
+def usage_json(usage: dict[str, Any]) -> dict[str, int]:
+    """A run's ``{input, output, total}`` usage in OpenAI's names."""
+    prompt, completion = int(usage.get("input", 0)), int(usage.get("output", 0))
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": int(usage.get("total", prompt + completion)),
+    }
+
+
+@implementer(IPushProducer)
+class CompletionStream:
+    """
+    Writes one run's events to ``request`` as chat completion chunks (CONTRACT §4.5).
+
+    It is the request's push producer: while the transport is paused it does not ask the run
+    for the next event, so the run stops pulling from the model and the provider's body is
+    paused in turn.  ``done`` fires once the response is finished or the client has gone.
+    """
+
+    def __init__(
+        self,
+        request: Request,
+        run: Run,
+        clock: IReactorTime,
+        *,
+        completion_id: str,
+        created: int,
+        model: str,
+        include_usage: bool,
+        heartbeat: float,
+    ) -> None:
+        self.request = request
+        self.run = run
+        self.clock = clock
+        self.completion_id = completion_id
+        self.created = created
+        self.model = model
+        self.include_usage = include_usage
+        self.heartbeat = heartbeat
+        self.done: Deferred[None] = Deferred()
+        self.paused = False
+        self._ended = False
+        self._waiting: Deferred[RunEvent | None] | None = None
+        self._looping = False
+        self._ping: IDelayedCall | None = None
+
+    def start(self) -> None:
+        """Send the headers and the role chunk, then follow the run."""
+        request = self.request
+        request.notifyFinish().addErrback(self._client_gone)
+        request.setResponseCode(200)
+        for name, value in SSE_HEADERS:
+            request.setHeader(name, value)
+        request.registerProducer(self, True)
+        self._write(self._chunk({"role": "assistant"}))
+        self._pull()
+
+    # IPushProducer
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self._pull()
+
+    def stopProducing(self) -> None:
+        self._client_gone(None)
+
+    # The loop: one event at a time, and only while the client keeps up.
+
+    def _pull(self) -> None:
+        # A loop rather than recursion: events that are already waiting arrive synchronously.
+        if self._looping:
+            return
+        self._looping = True
+        try:
+            while not self.paused and not self._ended and self._waiting is None:
+                d = self._waiting = self.run.next_event()
+                d.addCallbacks(self._arrived, self._broken)
+        finally:
+            self._looping = False
+
+    def _arrived(self, event: RunEvent | None) -> None:
+        self._waiting = None
+        if self._ended:
+            return
+        if event is None:
+            self._end(DONE)
+        elif event.stream == "assistant":
+            self._write(self._chunk({"content": event.data["delta"]}))
+        elif event.phase == "end":
+            stop = event.data.get("stopReason")
+            out = self._chunk({}, "length" if stop == "length" else "stop")
+            if self.include_usage:
+                out += frame(
+                    {**self._head(), "choices": [], "usage": usage_json(event.data["usage"])}
+                )
+            self._end(out + DONE)
+        elif event.phase == "error":
+            err = event.data.get("error") or {}
+            reply = run_error_reply(RunError(err.get("kind", ""), err.get("message", "")))
+            self._end(frame(reply.envelope()) + DONE)
+        self._pull()
+
+    def _broken(self, failure: Failure) -> None:
+        self._waiting = None
+        if self._ended:
+            return
+        log.failure("chat completion stream failed", failure)
+        reply = run_error_reply(RunError("internal_error", "Internal error."))
+        self._end(frame(reply.envelope()) + DONE)
+
+    # Writing
+
+    def _head(self) -> dict[str, Any]:
+        return {
+            "id": self.completion_id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+        }
+
+    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish}
+        return frame({**self._head(), "choices": [choice]})
+
+    def _write(self, data: bytes) -> None:
+        self.request.write(data)
+        self._arm()
+
+    def _arm(self) -> None:
+        if self._ping is not None and self._ping.active():
+            self._ping.cancel()
+        if self.heartbeat > 0 and not self._ended:
+            self._ping = self.clock.callLater(self.heartbeat, self._beat)
+
+    def _beat(self) -> None:
+        self._ping = None
+        if self._ended:
+            return
+        if self.paused:
+            # Bytes are already waiting for the client: the connection is not idle.
+            self._arm()
+        else:
+            self._write(PING)
+
+    def _end(self, last: bytes) -> None:
+        self._ended = True
+        if self._ping is not None and self._ping.active():
+            self._ping.cancel()
+        self.request.write(last)
+        self.request.unregisterProducer()
+        self.request.finish()
+        if not self.done.called:
+            self.done.callback(None)
+
+    def _client_gone(self, reason: Failure | None) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        if self._ping is not None and self._ping.active():
+            self._ping.cancel()
+        if self._waiting is not None:
+            d, self._waiting = self._waiting, None
+            d.cancel()
+        self.run.cancel()
+        if not self.done.called:
+            self.done.callback(None)
