@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred, fail, succeed
@@ -119,3 +122,32 @@ class ScriptedProvider:
         if script.accept_delay and self.clock is not None:
             return deferLater(self.clock, script.accept_delay, lambda: stream)
         return succeed(stream)
+
+
+def parse_sse(body: bytes) -> list[Any]:
+    """
+    The events of an SSE body, as a client parses them (comments such as ``: ping`` and
+    ``event:``/``id:`` fields ignored): each event's ``data`` decoded as JSON, or the raw
+    string when it is not JSON (``"[DONE]"``).  A trailing event without its blank line is
+    incomplete and left out, as a client would.
+    """
+    events: list[Any] = []
+    data: list[str] | None = None
+    lines = re.split(r"\r\n|\r|\n", body.decode("utf-8"))
+    # The text after the last line break is an unterminated line: not part of any event.
+    for line in lines[:-1]:
+        if line == "":
+            if data is not None:
+                text = "\n".join(data)
+                try:
+                    events.append(json.loads(text))
+                except ValueError:
+                    events.append(text)
+            data = None
+            continue
+        if line.startswith(":"):
+            continue
+        name, _, value = line.partition(":")
+        if name == "data":
+            data = (data or []) + [value[1:] if value.startswith(" ") else value]
+    return events

@@ -187,9 +187,11 @@ class CompletionStream:
         self._ended = True
         if self._ping is not None and self._ping.active():
             self._ping.cancel()
-        self.request.write(last)
-        self.request.unregisterProducer()
-        self.request.finish()
+        # The run may end because the client left, before our own notification arrives.
+        if not getattr(self.request, "_disconnected", False):
+            self.request.write(last)
+            self.request.unregisterProducer()
+            self.request.finish()
         if not self.done.called:
             self.done.callback(None)
 
