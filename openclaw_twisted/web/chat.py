@@ -14,7 +14,7 @@ from typing import Any
 import attrs
 
 from ..agents.events import RunRequest
-from ..agents.roster import Roster
+from ..agents.roster import Roster, agent_from_session_key
 from ..config import ChatCompletionsConfig, normalize_agent_id
 from ..providers.interface import Image, Sampling
 
@@ -26,7 +26,6 @@ HISTORY_HEADER = "[Chat messages since your last reply - for context]"
 CURRENT_HEADER = "[Current message - respond to this]"
 
 _AGENT_MODEL = re.compile(r"(?:openclaw[:/]|agent:)([a-z0-9][a-z0-9_-]{0,63})")
-_SESSION_AGENT = re.compile(r"agent:([^:]+):", re.IGNORECASE)
 _DATA_URI = re.compile(r"data:([^;,]*)((?:;[^;,]*)*),(.*)", re.IGNORECASE | re.DOTALL)
 _MAGIC: dict[str, Callable[[bytes], bool]] = {
     "image/jpeg": lambda b: b.startswith(b"\xff\xd8\xff"),
@@ -154,9 +153,9 @@ def _choose_agent(
     model: str, headers: Mapping[str, str], session_key: str, default_id: str
 ) -> tuple[str, str | None]:
     """The (normalised) agent id, and the request field it came from (for ``param``)."""
-    keyed = _SESSION_AGENT.match(session_key)
+    keyed = agent_from_session_key(session_key)
     if keyed:
-        return normalize_agent_id(keyed.group(1)), None
+        return keyed, None
     for name in ("x-openclaw-agent-id", "x-openclaw-agent"):
         raw = (headers.get(name) or "").strip()
         if raw:
