@@ -105,6 +105,11 @@ class DiskSessionStore:
         now_ms = int(self._now() * 1000)
         if entry is None:
             entry = {"sessionId": str(uuid.uuid4())}
+        path = os.path.join(index.dir, entry["sessionId"] + ".jsonl")
+        t = self._cached(path)
+        if t.end == 0:
+            # A new transcript (or one deleted behind our back) starts with a header naming
+            # its key, so a lost index can be rebuilt from the transcripts alone.
             header = {
                 "type": "session",
                 "id": entry["sessionId"],
@@ -113,8 +118,6 @@ class DiskSessionStore:
                 "ts": now_ms,
             }
             records = [header, *records]
-        path = os.path.join(index.dir, entry["sessionId"] + ".jsonl")
-        t = self._cached(path)
         data = b"".join(_line(r) for r in records)
         if t.end > t.parsed:
             # A crash tore the last line: start on a fresh line so the fragment stays one
@@ -260,7 +263,10 @@ def _load_index(d: str) -> _Index:
             entries = loaded
         except ValueError as e:
             aside = f"{path}.corrupt-{int(time.time() * 1000)}"
-            os.replace(path, aside)
+            try:
+                os.replace(path, aside)
+            except OSError as moved:
+                aside = f"nowhere ({moved})"
             log.error(
                 "session index {path} is unreadable ({err}); kept as {aside}, rebuilding it "
                 "from the transcripts",

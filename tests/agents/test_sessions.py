@@ -275,3 +275,17 @@ class OpenClawTranscriptTests(SynchronousTestCase):
         self.assertEqual(
             messages_from(records, 10), [Message("user", "q"), Message("assistant", "a")]
         )
+
+
+class DeletedTranscriptTests(SynchronousTestCase):
+    def test_deleted_transcript_starts_again_with_a_header(self) -> None:
+        state = self.mktemp()
+        store = DiskSessionStore(state)
+        store.append("main", "k", turn("one", "1"))
+        d = os.path.join(state, "agents", "main", "sessions")
+        sid = store.sessions("main")[0]["sessionId"]
+        os.remove(os.path.join(d, sid + ".jsonl"))
+        self.assertEqual(store.transcript("main", "k"), [])
+        store.append("main", "k", turn("two", "2"))
+        os.remove(os.path.join(d, "sessions.json"))
+        self.assertEqual(DiskSessionStore(state).transcript("main", "k"), turn("two", "2"))
