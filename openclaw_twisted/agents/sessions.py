@@ -7,7 +7,7 @@ import os
 import re
 import time
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -25,8 +25,11 @@ INDEX = "sessions.json"
 #: A session id from the index becomes a file name only if it looks like one (uuid4 here;
 #: OpenClaw's own ids have the same shape). Anything else in the index is never a path.
 _SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
-#: How many transcripts are kept parsed in memory (least recently used are dropped).
-CACHE_SESSIONS = 256
+#: Parsed records kept in memory, counted as the bytes of their JSON lines: the newest of
+#: each transcript up to a cap, and all transcripts together up to another (least recently
+#: used dropped first). What is not cached is read from disk again when asked for.
+CACHE_BYTES_PER_SESSION = 2 * 1024 * 1024
+CACHE_BYTES = 64 * 1024 * 1024
 #: ``updatedAt`` alone is rewritten at most this often per agent (a new session is written
 #: at once). A crash loses nothing: on load, ``updatedAt`` is raised to the transcript's mtime.
 INDEX_REFRESH_SECONDS = 1.0
@@ -34,14 +37,28 @@ INDEX_REFRESH_SECONDS = 1.0
 
 @attrs.define
 class _Transcript:
-    """A transcript as far as this process has read or written it."""
+    """A transcript as far as this process has read or written it (its newest records)."""
 
     path: str
-    records: list[dict[str, Any]]
+    cap: int
+    records: deque[dict[str, Any]] = attrs.Factory(deque)
+    sizes: deque[int] = attrs.Factory(deque)
+    #: Bytes of the records held, and whether older ones were dropped to stay under ``cap``.
+    held: int = 0
+    trimmed: bool = False
     #: Bytes parsed so far: the end of the last complete line.
     parsed: int = 0
     #: Bytes of the file; more than ``parsed`` when a torn fragment (no newline) ends it.
     end: int = 0
+
+    def add(self, record: dict[str, Any], size: int) -> None:
+        self.records.append(record)
+        self.sizes.append(size)
+        self.held += size
+        while self.held > self.cap and len(self.records) > 1:
+            self.records.popleft()
+            self.held -= self.sizes.popleft()
+            self.trimmed = True
 
 
 @attrs.define
@@ -72,23 +89,34 @@ class DiskSessionStore:
         state_dir: str,
         *,
         now: Callable[[], float] = time.time,
-        cache_sessions: int = CACHE_SESSIONS,
+        cache_bytes: int = CACHE_BYTES,
+        cache_bytes_per_session: int = CACHE_BYTES_PER_SESSION,
     ) -> None:
         self.root = os.path.join(os.path.abspath(state_dir), "agents")
         self._now = now
-        self._cache_size = cache_sessions
+        self._cache_bytes = cache_bytes
+        self._session_bytes = cache_bytes_per_session
         self._indexes: dict[str, _Index] = {}
         self._cache: OrderedDict[str, _Transcript] = OrderedDict()
+        self._cached_bytes = 0
 
     # -- ISessionStore ---------------------------------------------------------------------
 
     def history(self, agent_id: str, session_key: str, limit: int) -> list[Message]:
         t = self._open(agent_id, session_key)
-        return messages_from(t.records, limit) if t is not None else []
+        if t is None:
+            return []
+        found = messages_from(t.records, limit)
+        if len(found) < limit and t.trimmed:
+            found = messages_from(_read_all(t.path), limit)
+        return found
 
     def transcript(self, agent_id: str, session_key: str) -> list[dict[str, Any]]:
         t = self._open(agent_id, session_key)
-        return [r for r in t.records if r.get("type") != "session"] if t is not None else []
+        if t is None:
+            return []
+        records = _read_all(t.path) if t.trimmed else t.records
+        return [r for r in records if r.get("type") != "session"]
 
     def sessions(self, agent_id: str) -> list[dict[str, Any]]:
         index = self._index(agent_id)
@@ -118,13 +146,17 @@ class DiskSessionStore:
                 "ts": now_ms,
             }
             records = [header, *records]
-        data = b"".join(_line(r) for r in records)
+        lines = [_line(r) for r in records]
+        data = b"".join(lines)
         if t.end > t.parsed:
             # A crash tore the last line: start on a fresh line so the fragment stays one
             # unreadable line (skipped on load) instead of swallowing this turn's first record.
             data = b"\n" + data
         _append(path, data)
-        t.records.extend(records)
+        self._cached_bytes -= t.held
+        for record, line in zip(records, lines, strict=True):
+            t.add(record, len(line))
+        self._cached_bytes += t.held
         t.parsed = t.end = t.end + len(data)
         entry["updatedAt"] = max([now_ms, *(int(r.get("ts") or 0) for r in records)])
         index.entries[session_key] = entry
@@ -187,19 +219,22 @@ class DiskSessionStore:
         return self._cached(os.path.join(index.dir, entry["sessionId"] + ".jsonl"))
 
     def _cached(self, path: str) -> _Transcript:
-        t = self._cache.get(path)
+        t = self._cache.pop(path, None)
+        if t is not None:
+            self._cached_bytes -= t.held
         size = _size(path)
         if t is None or size < t.end:
-            t = _Transcript(path, [])
+            t = _Transcript(path, self._session_bytes)
             if size:
                 _read_from(t)
         elif size > t.end:
             # Another process appended (or a fragment grew): parse only what is new.
             _read_from(t)
+        while self._cache and self._cached_bytes + t.held > self._cache_bytes:
+            _, old = self._cache.popitem(last=False)
+            self._cached_bytes -= old.held
         self._cache[path] = t
-        self._cache.move_to_end(path)
-        while len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
+        self._cached_bytes += t.held
         return t
 
 
@@ -225,7 +260,7 @@ def _read_from(t: _Transcript) -> None:
         except ValueError:
             record = None
         if isinstance(record, dict):
-            t.records.append(record)
+            t.add(record, len(raw) + 1)
         else:
             bad += 1
     if bad:
@@ -239,6 +274,13 @@ def _read_from(t: _Transcript) -> None:
         )
     t.parsed += len(data) - len(fragment)
     t.end = t.parsed + len(fragment)
+
+
+def _read_all(path: str) -> list[dict[str, Any]]:
+    """Every record of a transcript, read afresh (for what the cache no longer holds)."""
+    t = _Transcript(path, cap=2**62)
+    _read_from(t)
+    return list(t.records)
 
 
 def _load_index(d: str) -> _Index:

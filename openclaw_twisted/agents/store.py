@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
@@ -29,7 +30,7 @@ class ISessionStore(Interface):
         """Write anything kept back (the gateway calls this when it stops)."""
 
 
-def messages_from(records: list[dict[str, Any]], limit: int) -> list[Message]:
+def messages_from(records: Sequence[dict[str, Any]], limit: int) -> list[Message]:
     """The conversation in transcript records, as provider messages (last ``limit``)."""
     out: list[Message] = []
     # Walk back from the end: a long transcript costs only the messages that are sent.

@@ -289,3 +289,23 @@ class DeletedTranscriptTests(SynchronousTestCase):
         store.append("main", "k", turn("two", "2"))
         os.remove(os.path.join(d, "sessions.json"))
         self.assertEqual(DiskSessionStore(state).transcript("main", "k"), turn("two", "2"))
+
+
+class CacheTests(SynchronousTestCase):
+    def test_memory_is_bounded_and_answers_stay_whole(self) -> None:
+        """Past the caps, older records are dropped from memory and read from disk on demand."""
+        state = self.mktemp()
+        store = DiskSessionStore(state, cache_bytes=4000, cache_bytes_per_session=1500)
+        for i in range(30):
+            for key in ("a", "b", "c"):
+                store.append("main", key, turn(f"{key}{i}", "x" * 50))
+        self.assertLessEqual(store._cached_bytes, 4000)
+        for t in store._cache.values():
+            self.assertLessEqual(t.held, 1500)
+        for key in ("a", "b", "c"):
+            self.assertEqual(len(store.transcript("main", key)), 60)
+            history = store.history("main", key, 45)
+            self.assertEqual(len(history), 45)
+            self.assertEqual(history[-2].text, f"{key}29")
+            self.assertEqual(history[1].text, f"{key}8")
+        self.assertEqual(store.history("main", "a", 2)[0].text, "a29")
