@@ -115,10 +115,12 @@ class WSClient(WebSocketClientProtocol):  # type: ignore[misc]
         self.sendMessage(json.dumps(frame).encode("utf-8"))
 
 
-async def ws_connect(test: TestCase, url: str, path: str = "/") -> WSClient:
-    """A connected WS client; dropped when the test ends."""
+async def ws_connect(
+    test: TestCase, url: str, path: str = "/", headers: dict[str, str] | None = None
+) -> WSClient:
+    """A connected WS client (``headers`` go on the upgrade request); dropped when the test ends."""
     ws_url = url.replace("http://", "ws://") + path
-    factory = WebSocketClientFactory(ws_url)
+    factory = WebSocketClientFactory(ws_url, headers=headers)
     factory.protocol = WSClient
     connector = connectWS(factory)
     test.addCleanup(connector.disconnect)

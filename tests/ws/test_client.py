@@ -1,0 +1,162 @@
+"""The WS client behind ``openclaw-twisted agent``: in-process, and the CLI in child processes."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+
+from twisted.internet import reactor
+from twisted.trial.unittest import TestCase
+
+from openclaw_twisted.providers.interface import ProviderError
+from openclaw_twisted.testing import Script, ScriptedProvider
+from openclaw_twisted.ws.client import run_agent
+
+from ..support import REPO, child_env, spawn
+from .helpers import TOKEN, make_gateway, serve
+
+LISTENING = re.compile(rb"openclaw gateway listening on http://([\d.]+):(\d+)")
+SCRIPTED = {
+    "gateway": {"auth": {"token": TOKEN}},
+    "agents": {"defaults": {"model": "scripted/model"}, "list": [{"id": "main"}, {"id": "beta"}]},
+}
+
+
+class Writes(io.StringIO):
+    """Records each write, to see the answer arrive piece by piece."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+
+    def write(self, s: str) -> int:
+        self.writes.append(s)
+        return super().write(s)
+
+
+class RunAgentTests(TestCase):
+    timeout = 10
+
+    async def start(self, script: Script | None = None) -> str:
+        self.provider = ScriptedProvider(script or Script())
+        self.gateway = make_gateway(self, SCRIPTED, providers=(self.provider,))
+        return (await serve(self, self.gateway)).replace("http://", "ws://")
+
+    async def agent(self, **options: str) -> tuple[int, Writes, io.StringIO]:
+        out, err = Writes(), io.StringIO()
+        code = await run_agent(reactor, options, out, err, environ={})
+        return code, out, err
+
+    async def test_streams_the_answer(self) -> None:
+        url = await self.start()
+        code, out, err = await self.agent(
+            message="hi", url=url, token=TOKEN, agent="beta", **{"session-key": "agent:beta:cli"}
+        )
+        self.assertEqual((code, err.getvalue()), (0, ""))
+        self.assertEqual(out.writes, ["Hello", " from", " the", " script.", "\n"])
+        self.assertEqual(self.provider.requests[0].messages[-1].text, "hi")
+        texts = [m.text for m in self.gateway.store.history("beta", "agent:beta:cli", 10)]
+        self.assertEqual(texts, ["hi", "Hello from the script."])
+
+    async def test_token_from_the_environment(self) -> None:
+        url = await self.start()
+        out, err = Writes(), io.StringIO()
+        env = {"OPENCLAW_GATEWAY_TOKEN": TOKEN}
+        code = await run_agent(reactor, {"message": "hi", "url": url}, out, err, environ=env)
+        self.assertEqual((code, out.getvalue()), (0, "Hello from the script.\n"))
+
+    async def test_bad_token_is_one_line_and_nonzero(self) -> None:
+        url = await self.start()
+        code, out, err = await self.agent(message="hi", url=url, token="wrong")
+        self.assertEqual(code, 1)
+        self.assertEqual(out.getvalue(), "")
+        self.assertEqual(err.getvalue(), "openclaw-twisted agent: UNAUTHORIZED: Unauthorized\n")
+
+    async def test_provider_failure_mid_stream(self) -> None:
+        url = await self.start(
+            Script(fail=ProviderError("upstream_error", "model broke"), fail_after=2)
+        )
+        code, out, err = await self.agent(message="hi", url=url, token=TOKEN)
+        self.assertEqual(code, 1)
+        self.assertEqual(out.getvalue(), "Hello from\n")
+        self.assertEqual(err.getvalue(), "openclaw-twisted agent: UNAVAILABLE: model broke\n")
+
+    async def test_unknown_agent(self) -> None:
+        url = await self.start()
+        code, _, err = await self.agent(message="hi", url=url, token=TOKEN, agent="ghost")
+        self.assertEqual(code, 1)
+        self.assertIn("INVALID_REQUEST: Unknown agent 'ghost'.", err.getvalue())
+
+    async def test_nothing_listening(self) -> None:
+        code, _, err = await self.agent(message="hi", url="ws://127.0.0.1:1", token=TOKEN)
+        self.assertEqual(code, 1)
+        self.assertIn("cannot connect to ws://127.0.0.1:1", err.getvalue())
+        self.assertEqual(len(err.getvalue().splitlines()), 1)
+        code, _, err = await self.agent(message="hi", url="http://nope", token=TOKEN)
+        self.assertEqual(code, 1)
+        self.assertIn("invalid --url", err.getvalue())
+
+
+class CommandTests(TestCase):
+    timeout = 30
+
+    def _state(self) -> str:
+        d = os.path.abspath(self.mktemp())
+        os.makedirs(d)
+        return d
+
+    async def test_agent_command_against_the_readme_gateway(self) -> None:
+        state = self._state()
+        config = os.path.join(REPO, "examples", "openclaw.json5")
+        port_arg = ["--port", "tcp:0:interface=127.0.0.1"]
+        gateway = spawn(
+            self,
+            ["-m", "openclaw_twisted.cli", "gateway", "--config", config, *port_arg],
+            child_env(state),
+        )
+        m = LISTENING.search(await gateway.line_with(b"openclaw gateway listening on"))
+        assert m is not None
+        url = f"ws://127.0.0.1:{int(m.group(2))}"
+        # The token comes from the same config file.
+        agent = spawn(
+            self,
+            [
+                "-m",
+                "openclaw_twisted.cli",
+                "agent",
+                "--config",
+                config,
+                "--url",
+                url,
+                "--message",
+                "hi there",
+            ],
+            child_env(state),
+        )
+        self.assertEqual(await agent.ended, 0, agent.err)
+        self.assertEqual(agent.out, b"hi there\n")
+        self.assertEqual(agent.err, b"")
+        bad = spawn(
+            self,
+            [
+                "-m",
+                "openclaw_twisted.cli",
+                "agent",
+                "--url",
+                url,
+                "--token",
+                "nope",
+                "--message",
+                "hi",
+            ],
+            child_env(state),
+        )
+        self.assertEqual(await bad.ended, 1)
+        self.assertEqual(bad.out, b"")
+        self.assertEqual(bad.err, b"openclaw-twisted agent: UNAUTHORIZED: Unauthorized\n")
+
+    async def test_agent_command_needs_a_message(self) -> None:
+        proc = spawn(self, ["-m", "openclaw_twisted.cli", "agent"], child_env(self._state()))
+        self.assertEqual(await proc.ended, 2)
+        self.assertIn(b"--message", proc.err)
