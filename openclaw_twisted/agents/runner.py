@@ -32,8 +32,6 @@ EVENT_BUFFER = 16
 
 CancelReason = Literal["aborted", "agent_timeout", "shutdown"]
 T = TypeVar("T")
-
-
 SHUTDOWN_MESSAGE = "The gateway is shutting down."
 
 
@@ -208,7 +206,11 @@ class AgentRunner:
             return
         try:
             await self._turn(run)
+        except Exception:
+            log.failure("agent run {run_id} failed", run_id=run.run_id)
         finally:
+            # Whatever happened, the consumers get a final event and the lane moves on.
+            self._end(run, "", Usage(), "error", RunError("internal_error", "Internal error."))
             lane.release()
             self._drop_lane(key, lane)
 

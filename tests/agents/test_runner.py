@@ -338,3 +338,74 @@ class UsageTests(SynchronousTestCase):
         h.events(h.start())
         self.assertEqual(h.transcript()[-1]["usage"], {"input": 100, "output": 5, "total": 105})
         self.assertEqual(h.transcript()[-1]["stopReason"], "length")
+
+
+class FallbackCancelTests(SynchronousTestCase):
+    def test_cancel_while_the_primary_is_pending_tries_no_fallback(self) -> None:
+        clock = Clock()
+        primary = ScriptedProvider(Script(accept_delay=5.0), name="a", clock=clock)
+        fallback = ScriptedProvider(name="b", clock=clock)
+        config = parse_config(
+            {"agents": {"defaults": {"model": {"primary": "a/m", "fallbacks": ["b/m"]}}}},
+            {"OPENCLAW_STATE_DIR": self.mktemp()},
+        )
+        store = DiskSessionStore(config.state_dir)
+        runner = AgentRunner(
+            Roster.from_config(config), Providers.of([primary, fallback]), store, clock
+        )
+        run = runner.start(RunRequest("main", KEY, "hi"))
+        clock.advance(1)
+        run.cancel()
+        result = self.successResultOf(run.wait())
+        assert result.error is not None
+        self.assertEqual(result.error.kind, "aborted")
+        self.assertEqual(fallback.requests, [])
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_fallback_after_refusal_gets_the_history(self) -> None:
+        clock = Clock()
+        primary = ScriptedProvider(
+            Script(refuse=ProviderError("unavailable", "down")), name="a", clock=clock
+        )
+        fallback = ScriptedProvider(name="b", clock=clock)
+        config = parse_config(
+            {"agents": {"defaults": {"model": {"primary": "a/m", "fallbacks": ["b/m"]}}}},
+            {"OPENCLAW_STATE_DIR": self.mktemp()},
+        )
+        runner = AgentRunner(
+            Roster.from_config(config),
+            Providers.of([primary, fallback]),
+            DiskSessionStore(config.state_dir),
+            clock,
+        )
+        for text in ("one", "two"):
+            self.assertEqual(
+                self.successResultOf(
+                    runner.start(RunRequest("main", KEY, text)).wait()
+                ).stop_reason,
+                "stop",
+            )
+        self.assertEqual(len(fallback.requests[1].messages), 3)
+        self.assertEqual(fallback.requests[1].model, "m")
+
+
+class BrokenStoreTests(SynchronousTestCase):
+    def test_store_failures_end_the_run_cleanly(self) -> None:
+        """A store that cannot read or write: an internal_error event, the lane moves on."""
+        h = Harness(self)
+
+        def broken(*args: object) -> None:
+            raise OSError("disk on fire")
+
+        h.store.history = broken  # type: ignore[method-assign]
+        run = h.start()
+        self.assertEqual(h.events(run)[-1].data["error"]["kind"], "internal_error")
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        h.store.history = lambda *a: []  # type: ignore[method-assign]
+        h.store.append = broken  # type: ignore[method-assign]
+        run = h.start()
+        events = h.events(run)
+        self.assertEqual(events[-1].data["error"]["kind"], "internal_error")
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        self.assertEqual(h.runner._lanes, {})
+        self.assertEqual(h.runner.active, {})
