@@ -12,6 +12,7 @@ from openclaw_twisted.providers.interface import ProviderError
 from openclaw_twisted.testing import Script, ScriptedProvider
 from openclaw_twisted.ws import methods
 
+from ..support import http_client
 from .helpers import TOKEN, Session, make_gateway, open_session, serve
 
 SCRIPTED = {
@@ -334,3 +335,53 @@ class ModelsListTests(SynchronousTestCase):
                 {"id": "other/b", "name": "b", "provider": "other"},
             ],
         )
+
+
+class SharedSessionTests(TestCase):
+    """One session key, two edges: WS ``chat.send`` and HTTP ``/v1/chat/completions``."""
+
+    timeout = 10
+
+    async def test_ws_and_http_continue_one_conversation(self) -> None:
+        provider = ScriptedProvider(
+            lambda request: Script(deltas=(f"re:{request.messages[-1].text}",))
+        )
+        config = {
+            "gateway": {
+                "auth": {"token": TOKEN},
+                "http": {"endpoints": {"chatCompletions": {"enabled": True}}},
+            },
+            "agents": {"defaults": {"model": "scripted/model"}},
+        }
+        gateway = make_gateway(self, config, providers=(provider,))
+        url = await serve(self, gateway)
+        s = await open_session(self, url)
+        http = http_client(self)
+        key = "agent:main:shared"
+
+        await s.ok("chat.send", {"sessionKey": key, "message": "one (ws)"})
+        while (await s.event("chat"))["payload"]["state"] != "final":
+            pass
+        r = await http.post(
+            url + "/v1/chat/completions",
+            json={"model": "openclaw", "messages": [{"role": "user", "content": "two (http)"}]},
+            headers={"Authorization": f"Bearer {TOKEN}", "x-openclaw-session-key": key},
+        )
+        body = await r.json()
+        self.assertEqual(r.code, 200, body)
+        self.assertEqual(body["choices"][0]["message"]["content"], "re:two (http)")
+        # HTTP saw the WS turn as history...
+        self.assertEqual(
+            [(m.role, m.text) for m in provider.requests[1].messages],
+            [("user", "one (ws)"), ("assistant", "re:one (ws)"), ("user", "two (http)")],
+        )
+        # ...and WS sees the HTTP turn, and continues after it.
+        history = await s.ok("chat.history", {"sessionKey": key})
+        self.assertEqual(
+            [m["content"][0]["text"] for m in history["messages"]],
+            ["one (ws)", "re:one (ws)", "two (http)", "re:two (http)"],
+        )
+        await s.ok("chat.send", {"sessionKey": key, "message": "three (ws)"})
+        while (await s.event("chat"))["payload"]["state"] != "final":
+            pass
+        self.assertEqual(len(provider.requests[2].messages), 5)
