@@ -43,7 +43,7 @@ MAX_BUFFERED_BYTES = 8 * MiB
 TICK_SECONDS = 30.0
 CONNECT_TIMEOUT_SECONDS = 10.0
 #: Runs remembered for ``agent.wait`` and ``idempotencyKey`` after they end.
-REMEMBERED_RUNS = 1000
+REMEMBERED_RUNS = 256
 #: RFC 6455 close codes (Autobahn's public ``sendClose`` only allows 1000 and 3000-4999).
 CLOSE_GOING_AWAY = 1001
 CLOSE_PROTOCOL_ERROR = 1002

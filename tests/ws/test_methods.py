@@ -304,6 +304,29 @@ class MethodTests(TestCase):
         self.assertEqual(final["error"]["details"]["kind"], "shutdown")
         self.assertEqual(await s.client.closed, 1001)
 
+    async def test_chat_error_event(self) -> None:
+        s = await self.start(Script(refuse=ProviderError("rate_limited", "slow down", status=429)))
+        sent = await s.ok("chat.send", {"message": "hi"})
+        event = (await s.event("chat"))["payload"]
+        self.assertEqual(event["runId"], sent["runId"])
+        self.assertEqual(
+            (event["state"], event["errorKind"], event["errorMessage"]),
+            ("error", "rate_limited", "slow down"),
+        )
+        self.assertNotIn("message", event)
+
+    async def test_agent_timeout_code(self) -> None:
+        clock = Clock()
+        config = {**SCRIPTED, "agents": {"defaults": {"model": "scripted/m", "timeoutSeconds": 5}}}
+        s = await self.start(Script(hang=True), config=config, clock=clock)
+        req = s.send("agent", {"message": "hi"})
+        await s.res(req)
+        clock.advance(5)
+        final = await s.res(req)
+        self.assertEqual(final["error"]["code"], "AGENT_TIMEOUT")
+        self.assertEqual(final["error"]["details"]["kind"], "agent_timeout")
+        self.assertTrue(self.provider.streams[0].cancelled)
+
     async def test_runs_refused_while_stopping(self) -> None:
         s = await self.start()
         self.gateway.ready = False
