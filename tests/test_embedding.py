@@ -7,6 +7,8 @@ import re
 
 from twisted.trial.unittest import TestCase
 
+from openclaw_twisted.testing import parse_sse
+
 from .support import REPO, http_client, track
 
 
@@ -40,4 +42,33 @@ class EmbeddingTests(TestCase):
         self.assertEqual(await r.json(), {"ok": True, "status": "live"})
         r = await http.get(url + "/healthz")
         self.assertEqual(r.code, 404)  # only below the mount point
+        await r.content()
+
+    async def test_embedded_chat_completion(self) -> None:
+        code = readme_example().replace("reactor.run()", "").replace("tcp:8080:", "tcp:0:")
+        namespace: dict[str, object] = {}
+        cwd = os.getcwd()
+        os.chdir(REPO)
+        try:
+            exec(compile(code, "README.md", "exec"), namespace)
+        finally:
+            os.chdir(cwd)
+        port = await namespace["listening"]  # type: ignore[misc]
+        track(self, port.factory, port)
+        http = http_client(self)
+        url = f"http://127.0.0.1:{port.getHost().port}/openclaw/v1/chat/completions"
+        headers = {"Authorization": "Bearer YOUR_TOKEN"}
+        body = {"model": "openclaw", "messages": [{"role": "user", "content": "embedded hi"}]}
+        r = await http.post(url, json=body, headers=headers)
+        self.assertEqual(r.code, 200)
+        answer = await r.json()
+        self.assertEqual(answer["choices"][0]["message"]["content"], "embedded hi")
+        r = await http.post(url, json={**body, "stream": True}, headers=headers)
+        self.assertEqual(
+            r.headers.getRawHeaders("content-type"), ["text/event-stream; charset=utf-8"]
+        )
+        events = parse_sse(await r.content())
+        self.assertEqual(events[-1], "[DONE]")
+        r = await http.post(url, json=body, headers={"Authorization": "Bearer nope"})
+        self.assertEqual(r.code, 401)
         await r.content()

@@ -205,5 +205,8 @@ class CompletionStream:
             d, self._waiting = self._waiting, None
             d.cancel()
         self.run.cancel()
+        if self.request.channel is not None:
+            # stopProducing comes before the request hears of the lost connection.
+            self.request.unregisterProducer()
         if not self.done.called:
             self.done.callback(None)

@@ -39,7 +39,7 @@ def make_gateway(
     state_dir: str,
     provider: IProvider | None = None,
     data: dict[str, Any] | None = None,
-    reactor: MemoryReactorClock | None = None,
+    reactor: Any = None,
 ) -> Gateway:
     config = parse_config(
         data if data is not None else gateway_config(state_dir),
