@@ -327,6 +327,23 @@ class MethodTests(TestCase):
         self.assertEqual(final["error"]["details"]["kind"], "agent_timeout")
         self.assertTrue(self.provider.streams[0].cancelled)
 
+    async def test_run_outlives_its_requester(self) -> None:
+        clock = Clock()
+        s = await self.start(Script(delta_delay=1.0), clock=clock)
+        req = s.send("agent", {"message": "hi", "sessionKey": "agent:main:left"})
+        run_id = (await s.res(req))["payload"]["runId"]
+        s.client.sendClose()
+        await s.client.closed
+        run = self.gateway.runner.active[run_id]
+        for _ in range(5):
+            clock.advance(1)
+        result = await run.wait()
+        self.assertEqual((result.text, result.error), ("Hello from the script.", None))
+        other = await open_session(self, self.url)
+        history = await other.ok("chat.history", {"sessionKey": "agent:main:left"})
+        self.assertEqual(history["messages"][-1]["content"][0]["text"], "Hello from the script.")
+        self.assertEqual((await other.ok("agent.wait", {"runId": run_id}))["status"], "ok")
+
     async def test_runs_refused_while_stopping(self) -> None:
         s = await self.start()
         self.gateway.ready = False
