@@ -123,6 +123,14 @@ class CompletionStream:
         self._waiting = None
         if self._ended:
             return
+        try:
+            self._write_event(event)
+        except Exception:
+            self._broken(Failure())
+            return
+        self._pull()
+
+    def _write_event(self, event: RunEvent | None) -> None:
         if event is None:
             self._end(DONE)
         elif event.stream == "assistant":
@@ -139,13 +147,13 @@ class CompletionStream:
             err = event.data.get("error") or {}
             reply = run_error_reply(RunError(err.get("kind", ""), err.get("message", "")))
             self._end(frame(reply.envelope()) + DONE)
-        self._pull()
 
     def _broken(self, failure: Failure) -> None:
         self._waiting = None
         if self._ended:
             return
         log.failure("chat completion stream failed", failure)
+        self.run.cancel()
         reply = run_error_reply(RunError("internal_error", "Internal error."))
         self._end(frame(reply.envelope()) + DONE)
 

@@ -8,12 +8,12 @@ from typing import Any
 import attrs
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.web.server import Site
 
 from openclaw_twisted import Gateway, parse_config
 from openclaw_twisted.providers.interface import IProvider
 from openclaw_twisted.providers.registry import Providers
 from openclaw_twisted.testing import ScriptedProvider, parse_sse
-from openclaw_twisted.web.request import GatewayChannel
 
 TOKEN = "test-token"
 
@@ -138,13 +138,16 @@ class MemoryClient:
     """One client connection to ``gateway.site()``, driven by hand."""
 
     def __init__(
-        self, gateway: Gateway, peer: str = "127.0.0.1", buffer_size: int | None = None
+        self,
+        gateway: Gateway,
+        peer: str = "127.0.0.1",
+        buffer_size: int | None = None,
+        site: Site | None = None,
     ) -> None:
         self.gateway = gateway
-        self.site = gateway.site()
-        channel = self.site.buildProtocol(IPv4Address("TCP", peer, 40000))
-        assert isinstance(channel, GatewayChannel)
-        self.channel = channel
+        self.site = site or gateway.site()
+        # A GatewayChannel, or the generic HTTP/1.1 channel of a plain Site.
+        self.channel: Any = self.site.buildProtocol(IPv4Address("TCP", peer, 40000))
         self.transport = BufferingTransport(
             buffer_size,
             hostAddress=IPv4Address("TCP", "127.0.0.1", 18789),
@@ -192,8 +195,8 @@ class MemoryClient:
         self.channel.connectionLost(Failure(ConnectionLost("client went away")))
 
 
-def post(gateway: Gateway, body: Any = None, **kwargs: Any) -> Response:
+def post(gateway: Gateway, body: Any = None, site: Site | None = None, **kwargs: Any) -> Response:
     """One request on a fresh connection; its response."""
-    client = MemoryClient(gateway)
+    client = MemoryClient(gateway, site=site)
     client.request(body=body, **kwargs)
     return client.response()

@@ -7,6 +7,7 @@ from typing import Any
 
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.server import Site
 
 from openclaw_twisted.providers.interface import ProviderError, Usage
 from openclaw_twisted.testing import Script, ScriptedProvider
@@ -218,6 +219,24 @@ class OrderOfChecksTests(Base):
                 param="messages",
                 code="missing_user_message",
             )
+
+
+class PlainSiteTests(Base):
+    """Mounted in someone else's ``Site`` the checks are the same, after the body was read."""
+
+    def test_order_of_checks(self) -> None:
+        self.with_config(gateway_config("x", maxBodyBytes=100))
+        site = Site(self.gateway.resource(), reactor=self.reactor)
+        big = {"messages": [{"role": "user", "content": "x" * 200}]}
+        self.assertEqual(post(self.gateway, big, site=site, token="wrong").status, 401)
+        r = post(self.gateway, big, site=site)
+        self.assertError(
+            r, 413, "Payload too large", "invalid_request_error", code="payload_too_large"
+        )
+        self.assertEqual(post(self.gateway, HI, site=site, method="PUT").status, 405)
+        r = post(self.gateway, HI, site=site)
+        self.assertEqual(r.json()["choices"][0]["message"]["content"], "Hello from the script.")
+        self.assertEqual(self.provider.requests[0].messages[-1].text, "hi")
 
 
 class ValidationTests(Base):
