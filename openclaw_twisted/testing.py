@@ -1,18 +1,23 @@
-"""Fakes for trial suites that test against the gateway without a network."""
+"""Fakes for trial suites: a scripted model provider and a real loopback model server."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
+from .config import ProviderApi, ProviderConfig, ProviderModel
 from .providers.interface import (
     Finish,
     IModelStream,
@@ -151,3 +156,499 @@ def parse_sse(body: bytes) -> list[Any]:
         if name == "data":
             data = (data or []) + [value[1:] if value.startswith(" ") else value]
     return events
+
+
+# ---------------------------------------------------------------------------------------
+# A real model server on loopback, speaking the OpenAI and Anthropic streaming formats.
+
+#: What a garbage upstream sends: not an event stream a model would write.
+GARBAGE: tuple[bytes, ...] = (
+    b"<html><body>502 Bad Gateway</body></html>\n",
+    b"data: {this is not json\n\n",
+)
+
+
+@attrs.frozen
+class Reply:
+    """
+    How L{FakeUpstream} answers one request.
+
+    By default it streams ``deltas`` in the format the path asks for (OpenAI chat completions
+    chunks, or Anthropic message events), with ``usage`` and a ``stop_reason`` of ``"stop"`` or
+    ``"length"``.  The other fields script the faults a real provider has.
+    """
+
+    deltas: Sequence[str] = ("Hello", " from", " upstream.")
+    usage: Usage = Usage(11, 3)
+    stop_reason: StopReason = "stop"
+    #: A non-2xx status answers with that API's JSON error body carrying ``error_message``.
+    status: int = 200
+    error_message: str = "scripted upstream error"
+    retry_after: str | None = None
+    headers: Sequence[tuple[str, str]] = ()
+    #: Seconds before the response headers, and before each event, on the server's clock.
+    accept_delay: float = 0.0
+    delay: float = 0.0
+    #: Never answer at all: no status line, no byte (the request just waits).
+    hang: bool = False
+    #: After this many deltas: stop sending and keep the connection open.
+    stall_after: int | None = None
+    #: After this many deltas: drop the connection (a stream cut in the middle).
+    cut_after: int | None = None
+    #: After the deltas, an in-stream error event instead of a normal end.
+    stream_error: str | None = None
+    #: Send these raw bytes as the body instead of a well-formed stream (see L{GARBAGE}).
+    raw: Sequence[bytes] | None = None
+    #: Stream deltas without end, as fast as the client reads them.
+    forever: bool = False
+    #: End without ``data: [DONE]`` / ``message_stop`` (the body still ends cleanly).
+    omit_end: bool = False
+
+
+@attrs.define
+class Received:
+    """One request L{FakeUpstream} received: what was sent, and when its connection closed."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    #: Fires when the TCP connection that carried this request is closed (by either side).
+    disconnected: Deferred[None]
+    #: How many events the server wrote for this request, and whether it finished the body.
+    chunks_sent: int = 0
+    completed: bool = False
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    @property
+    def closed(self) -> bool:
+        return self.disconnected.called
+
+
+def _sse(data: object, event: str | None = None) -> bytes:
+    head = f"event: {event}\n" if event else ""
+    return f"{head}data: {json.dumps(data)}\n\n".encode()
+
+
+def _openai_events(reply: Reply, body: Any) -> Iterator[tuple[bool, bytes]]:
+    model = body.get("model", "")
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        return _sse(
+            {
+                "id": "chatcmpl-fake",
+                "object": "chat.completion.chunk",
+                "created": 0,
+                "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }
+        )
+
+    yield False, chunk({"role": "assistant", "content": ""})
+    deltas: Iterable[str] = reply.deltas
+    if reply.forever:
+        deltas = (f"tok{i} " for i in itertools.count())
+    for text in deltas:
+        yield True, chunk({"content": text})
+    if reply.stream_error is not None:
+        err = {"message": reply.stream_error, "type": "server_error", "param": None, "code": None}
+        yield False, _sse({"error": err})
+        return
+    yield False, chunk({}, "length" if reply.stop_reason == "length" else "stop")
+    if (body.get("stream_options") or {}).get("include_usage"):
+        u = reply.usage
+        usage = {
+            "prompt_tokens": u.input_tokens,
+            "completion_tokens": u.output_tokens,
+            "total_tokens": u.total_tokens,
+        }
+        yield False, _sse({"id": "chatcmpl-fake", "choices": [], "usage": usage})
+    if not reply.omit_end:
+        yield False, b"data: [DONE]\n\n"
+
+
+def _anthropic_events(reply: Reply, body: Any) -> Iterator[tuple[bool, bytes]]:
+    u = reply.usage
+    message = {
+        "id": "msg_fake",
+        "type": "message",
+        "role": "assistant",
+        "model": body.get("model", ""),
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": {"input_tokens": u.input_tokens, "output_tokens": 1},
+    }
+    yield False, _sse({"type": "message_start", "message": message}, "message_start")
+    block = {
+        "type": "content_block_start",
+        "index": 0,
+        "content_block": {"type": "text", "text": ""},
+    }
+    yield False, _sse(block, "content_block_start")
+    yield False, _sse({"type": "ping"}, "ping")
+    deltas: Iterable[str] = reply.deltas
+    if reply.forever:
+        deltas = (f"tok{i} " for i in itertools.count())
+    for text in deltas:
+        delta = {
+            "type": "content_block_delta",
+            "index": 0,
+            "delta": {"type": "text_delta", "text": text},
+        }
+        yield True, _sse(delta, "content_block_delta")
+    if reply.stream_error is not None:
+        err = {
+            "type": "error",
+            "error": {"type": "overloaded_error", "message": reply.stream_error},
+        }
+        yield False, _sse(err, "error")
+        return
+    yield False, _sse({"type": "content_block_stop", "index": 0}, "content_block_stop")
+    stop = "max_tokens" if reply.stop_reason == "length" else "end_turn"
+    end = {
+        "type": "message_delta",
+        "delta": {"stop_reason": stop, "stop_sequence": None},
+        "usage": {"output_tokens": u.output_tokens},
+    }
+    yield False, _sse(end, "message_delta")
+    if not reply.omit_end:
+        yield False, _sse({"type": "message_stop"}, "message_stop")
+
+
+def _error_body(api: str, status: int, message: str) -> bytes:
+    if api == "anthropic":
+        kind = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
+        err = {"type": kind.get(status, "api_error" if status >= 500 else "invalid_request_error")}
+        return json.dumps({"type": "error", "error": {**err, "message": message}}).encode()
+    return json.dumps(
+        {"error": {"message": message, "type": "error", "param": None, "code": None}}
+    ).encode()
+
+
+def _complete_body(api: str, reply: Reply, body: Any) -> bytes:
+    """The non-streaming answer (``stream`` not true)."""
+    text, u = "".join(reply.deltas), reply.usage
+    if api == "anthropic":
+        return json.dumps(
+            {
+                "id": "msg_fake",
+                "type": "message",
+                "role": "assistant",
+                "model": body.get("model", ""),
+                "content": [{"type": "text", "text": text}],
+                "stop_reason": "max_tokens" if reply.stop_reason == "length" else "end_turn",
+                "usage": {"input_tokens": u.input_tokens, "output_tokens": u.output_tokens},
+            }
+        ).encode()
+    return json.dumps(
+        {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion",
+            "created": 0,
+            "model": body.get("model", ""),
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": reply.stop_reason,
+                }
+            ],
+            "usage": {
+                "prompt_tokens": u.input_tokens,
+                "completion_tokens": u.output_tokens,
+                "total_tokens": u.total_tokens,
+            },
+        }
+    ).encode()
+
+
+def _cancel(timer: IDelayedCall) -> None:
+    if timer.active():
+        timer.cancel()
+
+
+@implementer(IPushProducer)
+class _Writer:
+    """Writes one scripted response, honouring the client's backpressure."""
+
+    def __init__(
+        self,
+        upstream: FakeUpstream,
+        request: Request,
+        received: Received,
+        reply: Reply,
+        events: Iterator[tuple[bool, bytes]],
+    ) -> None:
+        self.upstream = upstream
+        self.request = request
+        self.received = received
+        self.reply = reply
+        self.events = events
+        self.deltas = 0
+        self.paused = False
+        self.stopped = False
+        self._call: IDelayedCall | None = None
+
+    def start(self) -> None:
+        self.request.registerProducer(self, True)
+        self.request.notifyFinish().addBoth(lambda _: self.stopProducing())
+        self.request.write(b"")  # the status line and headers, now
+        self._schedule(self.reply.delay)
+
+    def _schedule(self, delay: float) -> None:
+        if not self.stopped and not self.paused and self._call is None:
+            self._call = self.upstream.clock.callLater(delay, self._step)
+
+    def _step(self) -> None:
+        self._call = None
+        burst = 0
+        while not self.paused and not self.stopped:
+            reply = self.reply
+            if reply.cut_after is not None and self.deltas >= reply.cut_after:
+                self.stopped = True
+                transport: Any = self.request.transport
+                transport.abortConnection()
+                return
+            if reply.stall_after is not None and self.deltas >= reply.stall_after:
+                return
+            item = next(self.events, None)
+            if item is None:
+                self.stopped = True
+                self.request.unregisterProducer()
+                self.received.completed = True
+                self.request.finish()
+                return
+            is_delta, data = item
+            self.deltas += is_delta
+            self.received.chunks_sent += 1
+            self.request.write(data)
+            burst += 1
+            if reply.delay or burst >= 64:
+                # A delay between events, or a pause in an endless stream so the
+                # reactor can run.
+                self._schedule(reply.delay)
+                return
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+        self.upstream.pauses += 1
+        if not self.upstream.paused.called:
+            self.upstream.paused.callback(self.received)
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self._schedule(0)
+
+    def stopProducing(self) -> None:
+        self.stopped = True
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+
+class _UpstreamResource(Resource):
+    isLeaf = True
+
+    def __init__(self, upstream: FakeUpstream) -> None:
+        super().__init__()
+        self.upstream = upstream
+
+    def render(self, request: Request) -> bytes | int:
+        return self.upstream._handle(request)
+
+
+class FakeUpstream:
+    """
+    A real model server on 127.0.0.1: the OpenAI chat completions streaming format on
+    ``POST .../chat/completions`` and the Anthropic messages format on ``POST .../v1/messages``.
+
+    Each request takes the next scripted L{Reply} (``default`` once the script is used up),
+    is recorded in ``requests`` (body, headers, a Deferred that fires when its connection
+    closes), and is answered on ``clock`` (the reactor unless one is given)::
+
+        server = await FakeUpstream.start(reactor)
+        self.addCleanup(server.stop)
+        server.script(Reply(deltas=["Hi", " there"]), Reply(status=429, retry_after="7"))
+        config = server.provider("fake", "openai-completions", models=["m1"])
+        # ... a run against "fake/m1" streams "Hi", " there"; the next one gets a 429.
+        assert server.requests[0].json["stream"] is True
+        await server.requests[1].disconnected  # e.g. after cancelling a run
+
+    ``paused`` fires (with the L{Received}) the first time a client's backpressure stops the
+    server writing; ``pauses`` counts them.
+    """
+
+    def __init__(self, reactor: Any, clock: IReactorTime | None = None) -> None:
+        self.reactor = reactor
+        self.clock: IReactorTime = clock if clock is not None else reactor
+        self.default = Reply()
+        self.requests: list[Received] = []
+        self.pauses = 0
+        self.paused: Deferred[Received] = Deferred()
+        self._script: list[Reply | Callable[[Received], Reply]] = []
+        self._waiting: list[tuple[int, Deferred[Received]]] = []
+        self._connections: dict[Any, Deferred[None]] = {}
+        self._timers: list[IDelayedCall] = []
+        self._port: Any = None
+        site = Site(_UpstreamResource(self))
+        site.noisy = False
+        site.log = lambda request: None  # type: ignore[method-assign]
+        build = site.buildProtocol
+
+        def tracked(addr: Any) -> Any:
+            proto = build(addr)
+            make_connection, connection_lost = proto.makeConnection, proto.connectionLost
+            seen: list[Any] = []
+
+            def on_connect(transport: Any) -> None:
+                seen.append(transport)
+                self._connections[transport] = Deferred()
+                make_connection(transport)
+
+            def on_lost(reason: Failure) -> None:
+                connection_lost(reason)
+                d = self._connections.pop(seen[0], None) if seen else None
+                if d is not None:
+                    d.callback(None)
+
+            proto.makeConnection, proto.connectionLost = on_connect, on_lost
+            return proto
+
+        site.buildProtocol = tracked  # type: ignore[method-assign]
+        self.site = site
+
+    @classmethod
+    async def start(cls, reactor: Any, clock: IReactorTime | None = None) -> FakeUpstream:
+        """A server listening on 127.0.0.1:<free port>."""
+        server = cls(reactor, clock)
+        server._port = reactor.listenTCP(0, server.site, interface="127.0.0.1")
+        return server
+
+    @property
+    def port(self) -> int:
+        return int(self._port.getHost().port)
+
+    @property
+    def base_url(self) -> str:
+        """``http://127.0.0.1:<port>``: the Anthropic ``baseUrl``; OpenAI's adds ``/v1``."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def provider(
+        self,
+        name: str = "fake",
+        api: ProviderApi = "openai-completions",
+        models: Sequence[str] = ("fake-model",),
+        api_key: str | None = "sk-test-key",
+    ) -> ProviderConfig:
+        """A ``models.providers`` entry pointing at this server."""
+        base = self.base_url + ("/v1" if api == "openai-completions" else "")
+        return ProviderConfig(name, api, base, api_key, (), tuple(ProviderModel(m) for m in models))
+
+    def script(self, *replies: Reply | Callable[[Received], Reply]) -> None:
+        """Answer the next requests with these, in order (a callable decides per request)."""
+        self._script.extend(replies)
+
+    def request(self, n: int = 0) -> Deferred[Received]:
+        """Fires once request number ``n`` (from 0) has arrived."""
+        if n < len(self.requests):
+            return succeed(self.requests[n])
+        d: Deferred[Received] = Deferred()
+        self._waiting.append((n, d))
+        return d
+
+    def _handle(self, request: Request) -> bytes | int:
+        content = request.content.read() if request.content is not None else b""
+        transport = request.channel.transport
+        disconnected = self._connections.get(transport)
+        if disconnected is None:
+            disconnected = succeed(None)
+        headers = {
+            k.decode("latin-1").lower(): b", ".join(v).decode("latin-1")
+            for k, v in request.requestHeaders.getAllRawHeaders()
+        }
+        path = (request.path or b"").decode("latin-1")
+        method = (request.method or b"").decode("latin-1")
+        received = Received(method, path, headers, content, disconnected)
+        self.requests.append(received)
+        for waiting in [w for w in self._waiting if w[0] < len(self.requests)]:
+            self._waiting.remove(waiting)
+            waiting[1].callback(self.requests[waiting[0]])
+        api = (
+            "openai"
+            if path.endswith("/chat/completions")
+            else "anthropic"
+            if path.endswith("/messages")
+            else None
+        )
+        if api is None or method != "POST":
+            request.setResponseCode(404 if api is None else 405)
+            request.setHeader(b"content-type", b"application/json")
+            return _error_body("openai", 404, f"no route {method} {path}")
+        try:
+            body = json.loads(content)
+            if not isinstance(body, dict):
+                raise ValueError("not an object")
+        except ValueError as e:
+            request.setResponseCode(400)
+            request.setHeader(b"content-type", b"application/json")
+            return _error_body(api, 400, f"invalid JSON body: {e}")
+        item = self._script.pop(0) if self._script else self.default
+        reply = item(received) if callable(item) else item
+        if reply.hang:
+            return NOT_DONE_YET
+        if reply.accept_delay:
+            timer = self.clock.callLater(
+                reply.accept_delay, self._answer, request, received, reply, api, body
+            )
+            self._timers = [t for t in self._timers if t.active()] + [timer]
+            request.notifyFinish().addBoth(lambda _: _cancel(timer))
+            return NOT_DONE_YET
+        self._answer(request, received, reply, api, body)
+        return NOT_DONE_YET
+
+    def _answer(
+        self, request: Request, received: Received, reply: Reply, api: str, body: Any
+    ) -> None:
+        for k, v in reply.headers:
+            request.setHeader(k.encode("latin-1"), v.encode("latin-1"))
+        if reply.status >= 300 or reply.status < 200:
+            request.setResponseCode(reply.status)
+            if reply.retry_after is not None:
+                request.setHeader(b"retry-after", reply.retry_after.encode("latin-1"))
+            request.setHeader(b"content-type", b"application/json")
+            request.write(_error_body(api, reply.status, reply.error_message))
+            received.completed = True
+            request.finish()
+            return
+        request.setResponseCode(reply.status)
+        if not body.get("stream"):
+            request.setHeader(b"content-type", b"application/json")
+            request.write(_complete_body(api, reply, body))
+            received.completed = True
+            request.finish()
+            return
+        request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-cache")
+        events: Iterator[tuple[bool, bytes]]
+        if reply.raw is not None:
+            events = ((False, chunk) for chunk in reply.raw)
+        elif api == "anthropic":
+            events = _anthropic_events(reply, body)
+        else:
+            events = _openai_events(reply, body)
+        _Writer(self, request, received, reply, events).start()
+
+    async def stop(self) -> None:
+        """Stop listening, drop every connection and wait until each is closed."""
+        for timer in self._timers:
+            if timer.active():
+                timer.cancel()
+        if self._port is not None:
+            await maybeDeferred(self._port.stopListening)
+        for transport, lost in list(self._connections.items()):
+            transport.abortConnection()
+            await lost
