@@ -8,6 +8,7 @@ from typing import Any
 import attrs
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import connectionDone
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.iweb import IRequest
@@ -16,6 +17,8 @@ from twisted.web.server import Request, Site
 
 from .errors import error_body
 from .root import SECURITY_HEADERS
+
+log = Logger()
 
 #: A request body must be complete this long after its headers (CONTRACT §4.1: 408).
 BODY_TIMEOUT_SECONDS = 30.0
@@ -73,11 +76,16 @@ class GatewayRequest(Request):
         # The request line is known to the channel but only copied here once the body is in.
         self.method, self.uri, self.clientproto = channel._command, channel._path, channel._version
         self.path = self.uri.split(b"?", 1)[0]
-        verdict = site.gate(self) if site.gate is not None else None
+        gate = getattr(site, "gate", None)
+        try:
+            verdict = gate(self) if gate is not None else None
+        except Exception:
+            log.failure("checking a request before its body failed")
+            verdict = error_body(self, 500, "Internal error.", "api_error", code="internal_error")
         if isinstance(verdict, bytes):
             self._answer_early(verdict)
             return
-        self.prechecked = site.gate is not None
+        self.prechecked = gate is not None
         if isinstance(verdict, BodyLimit):
             self._limit = verdict
         self._deadline = site.reactor.callLater(BODY_TIMEOUT_SECONDS, self._too_slow)

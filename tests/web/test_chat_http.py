@@ -189,6 +189,15 @@ class OrderOfChecksTests(Base):
         pending = [c.func for c in self.reactor.getDelayedCalls() if c.active()]
         self.assertNotIn("_too_slow", [getattr(f, "__name__", "") for f in pending])
 
+    def test_a_failing_gate_is_a_500_not_a_broken_connection(self) -> None:
+        def broken(request: Any) -> None:
+            raise RuntimeError("gate bug")
+
+        self.gateway._http_app.chat.body_gate = broken  # type: ignore[method-assign]
+        r = post(self.gateway, HI)
+        self.assertError(r, 500, "Internal error.", "api_error", code="internal_error", retry=None)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
     def test_invalid_json_is_400_with_the_parsers_message(self) -> None:
         r = post(self.gateway, raw=b'{"model": ')
         self.assertError(
