@@ -1,0 +1,587 @@
+"""
+``python -m bench``: start a fake provider, the floor proxy and the gateway on 127.0.0.1, run the
+scenarios of issue 6 against them in one run, and print the figures, their targets and ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, TextIO
+
+import attrs
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+TOKEN = "bench-token"
+FAST = {"model": "openclaw", "messages": [{"role": "user", "content": "Say hello."}]}
+KIB, MIB = 1024, 1024 * 1024
+
+
+@attrs.frozen
+class Mode:
+    """How much load: the full run, ``--quick`` or ``--smoke`` (seconds, for the test suite)."""
+
+    seconds: int  # each closed-loop measurement (wrk takes whole seconds)
+    warmup: int
+    streams: int
+    chunks: int
+    ramp: float  # streams opened per second
+    big_bytes: int
+    read_rate: int  # the slow reader's bytes per second
+    settle: float = 0.5  # seconds a fresh gateway idles before its RSS counts as "idle"
+
+
+MODES = {
+    "full": Mode(10, 2, 2000, 200, 500, 20_000_000, 1_000_000),
+    "quick": Mode(5, 1, 200, 200, 200, 5_000_000, 1_000_000),
+    "smoke": Mode(1, 0, 5, 5, 100, 200_000, 2_000_000, settle=0.1),
+}
+
+
+def raise_nofile() -> None:
+    """In each child: as many open files as allowed (2,000 streams need 4,000+ sockets)."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+class Proc:
+    """A server child process that prints its port; RSS and CPU from ``/proc``."""
+
+    def __init__(self, name: str, argv: list[str], out: Path, ready: str, env: dict[str, str]):
+        self.name = name
+        self.started = time.monotonic()
+        self.popen = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=REPO,
+            preexec_fn=raise_nofile,
+        )
+        self.pid = self.popen.pid
+        log = (out / f"{name}.log").open("wb")
+        assert self.popen.stdout is not None
+        for line in self.popen.stdout:
+            log.write(line)
+            m = re.search(ready.encode(), line)
+            if m:
+                self.port = int(m.group(1))
+                break
+        else:
+            log.close()
+            raise SystemExit(f"bench: {name} did not start, see {out / (name + '.log')}")
+        log.flush()
+        # Keep draining its output so it never blocks on a full pipe.
+        threading.Thread(
+            target=shutil.copyfileobj, args=(self.popen.stdout, log), daemon=True
+        ).start()
+
+    def status(self, key: str) -> int:
+        """A ``/proc/<pid>/status`` figure in bytes (VmRSS, VmHWM)."""
+        text = Path(f"/proc/{self.pid}/status").read_text()
+        m = re.search(rf"^{key}:\s+(\d+) kB", text, re.M)
+        return int(m.group(1)) * KIB if m else 0
+
+    def reset_peak(self) -> None:
+        """Make VmHWM start again from the current RSS."""
+        Path(f"/proc/{self.pid}/clear_refs").write_text("5")
+
+    def cpu(self) -> float:
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        self.popen.terminate()
+        try:
+            self.popen.wait(15)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait()
+
+
+class Sampler:
+    """The highest VmRSS of a process, sampled every 50 ms while a scenario runs."""
+
+    def __init__(self, proc: Proc) -> None:
+        self.proc = proc
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Sampler:
+        self.proc.reset_peak()
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            self.peak = max(self.peak, self.proc.status("VmRSS"))
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.proc.status("VmHWM"))
+
+
+@attrs.define
+class Bench:
+    mode: Mode
+    out: Path
+    wrk: str | None
+    env: dict[str, str]
+    provider: Proc | None = None
+    rows: list[tuple[str, str, str, str, bool]] = attrs.Factory(list)
+    notes: list[str] = attrs.Factory(list)
+    ready_times: list[float] = attrs.Factory(list)
+    gateways: int = 0
+
+    # -- processes ---------------------------------------------------------------------------
+
+    def python(self, *args: str) -> list[str]:
+        return [sys.executable, *args]
+
+    def start_provider(self) -> Proc:
+        m = self.mode
+        argv = self.python("-m", "bench.provider", "--tick-chunks", str(m.chunks))
+        argv += ["--big-bytes", str(m.big_bytes)]
+        return Proc("provider", argv, self.out, r"listening (\d+)", self.env)
+
+    def start_floor(self, provider: Proc) -> Proc:
+        upstream = f"http://127.0.0.1:{provider.port}/v1"
+        argv = self.python("-m", "bench.floor", "--upstream", upstream)
+        return Proc("floor", argv, self.out, r"listening (\d+)", self.env)
+
+    def start_gateway(self, provider: Proc) -> Proc:
+        """``openclaw-twisted gateway --config <file> --port 0``, as a user starts it."""
+        self.gateways += 1
+        state = self.out / f"state-{self.gateways}"
+        state.mkdir()
+        config = {
+            "gateway": {
+                "auth": {"mode": "token", "token": TOKEN},
+                "http": {"endpoints": {"chatCompletions": {"enabled": True}}},
+            },
+            "models": {
+                "providers": {
+                    "bench": {
+                        "baseUrl": f"http://127.0.0.1:{provider.port}/v1",
+                        "apiKey": "bench",
+                        "api": "openai-completions",
+                        "models": [{"id": "fast"}, {"id": "tick"}, {"id": "big"}],
+                    }
+                }
+            },
+            "agents": {
+                "defaults": {"model": "bench/fast", "workspace": str(state / "workspace")},
+                "list": [
+                    {"id": "main", "default": True},
+                    {"id": "tick", "model": "bench/tick"},
+                    {"id": "big", "model": "bench/big"},
+                ],
+            },
+        }
+        path = state / "openclaw.json5"
+        path.write_text(json.dumps(config, indent=2))
+        env = dict(self.env, OPENCLAW_STATE_DIR=str(state))
+        argv = self.python("-m", "openclaw_twisted.cli", "gateway", "--config", str(path))
+        gw = Proc(f"gateway-{self.gateways}", [*argv, "--port", "0"], self.out, LISTENING, env)
+        while get(gw.port, "/readyz") != 200:
+            time.sleep(0.005)
+        self.ready_times.append(time.monotonic() - gw.started)
+        time.sleep(self.mode.settle)
+        return gw
+
+    # -- load --------------------------------------------------------------------------------
+
+    def closed_loop(
+        self, port: int, connections: int, *, user: str = "", token: str = TOKEN
+    ) -> dict[str, float]:
+        """Requests/s and latency (ms) of ``connections`` clients sending FAST for a while."""
+        if self.mode.warmup:
+            self._closed_loop(port, connections, self.mode.warmup, user, token)
+        return self._closed_loop(port, connections, self.mode.seconds, user, token)
+
+    def _closed_loop(
+        self, port: int, connections: int, seconds: float, user: str, token: str
+    ) -> dict[str, float]:
+        body = json.dumps(FAST)
+        if self.wrk:
+            env = dict(self.env, BENCH_BODY=body, BENCH_TOKEN=token, BENCH_USER=user)
+            argv = [self.wrk, f"-t{connections}", f"-c{connections}", f"-d{seconds}s"]
+            argv += ["--timeout", "10s", "-s", str(HERE / "post.lua")]
+            argv.append(f"http://127.0.0.1:{port}/v1/chat/completions")
+            done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+            if "BENCH " not in done.stdout:
+                raise SystemExit(f"bench: wrk failed: {done.stdout}{done.stderr}")
+            r = json.loads(done.stdout.split("BENCH ", 1)[1])
+            return {
+                "rps": r["requests"] / (r["duration_us"] / 1e6),
+                "p50": r["p50_us"] / 1e3,
+                "p99": r["p99_us"] / 1e3,
+                "errors": r["socket_errors"] + r["status_errors"],
+            }
+        fast = dict(FAST)
+        if user:  # the Python fallback: one user for all its clients (documented limitation)
+            fast["user"] = user
+        options = self.client_options(port, fast, token, connections=connections)
+        r = self.client("load", dict(options, duration=seconds))
+        return {
+            "rps": r["requests"] / r["seconds"],
+            "p50": r["latency_ms"]["p50"],
+            "p99": r["latency_ms"]["p99"],
+            "errors": r["errors"],
+        }
+
+    def client_options(self, port: int, body: dict[str, Any], token: str, **kw: Any) -> Any:
+        path = "/v1/chat/completions"
+        return dict(host="127.0.0.1", port=port, path=path, body=body, token=token, **kw)
+
+    def client(self, mode: str, options: dict[str, Any]) -> Any:
+        argv = self.python("-m", "bench.client", mode, json.dumps(options))
+        done = subprocess.run(
+            argv, env=self.env, cwd=REPO, capture_output=True, text=True, preexec_fn=raise_nofile
+        )
+        if done.returncode:
+            raise SystemExit(f"bench: client {mode} failed:\n{done.stderr}")
+        return json.loads(done.stdout)
+
+    def measure(self, label: str, procs: list[Proc], run: Any) -> Any:
+        """Run ``run()``, noting the CPU seconds each process (and the load generator) used."""
+        before = [p.cpu() for p in procs]
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        start = time.monotonic()
+        result = run()
+        wall = time.monotonic() - start
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        used = [f"{p.name} {p.cpu() - b:.1f}" for p, b in zip(procs, before, strict=True)]
+        loadgen = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
+        self.notes.append(
+            f"{label}: CPU s over {wall:.1f} s wall: load generator {loadgen:.1f}, "
+            + ", ".join(used)
+        )
+        return result
+
+    def row(self, figure: str, target: str, measured: str, ratio: str, ok: bool) -> None:
+        self.rows.append((figure, target, measured, ratio, ok))
+
+    # -- scenarios ---------------------------------------------------------------------------
+
+    def run(self, profile: bool) -> None:
+        provider = self.provider = self.start_provider()
+        floor = self.start_floor(provider)
+        gw = self.start_gateway(provider)
+        idle = gw.status("VmRSS")
+        try:
+            self.latency(provider, gw)
+            stateless = self.throughput(provider, floor, gw)
+            if profile:
+                self.profile(gw)
+        finally:
+            gw.stop()
+            floor.stop()
+        self.sessions(provider, stateless)
+        self.fan_out(provider)
+        self.slow_reader(provider)
+        provider.stop()
+        ready = statistics.median(self.ready_times)
+        self.row("6. idle RSS after start", "≤ 60 MB", f"{idle / MIB:.1f} MB", "", idle <= 60 * MIB)
+        self.row(
+            "6. start to ready (median)",
+            "≤ 1 s",
+            f"{ready:.2f} s",
+            f"max {max(self.ready_times):.2f} s of {len(self.ready_times)}",
+            ready <= 1.0,
+        )
+
+    def latency(self, provider: Proc, gw: Proc) -> None:
+        direct = self.measure("1 direct", [provider], lambda: self.closed_loop(provider.port, 1))
+        via = self.measure("1 gateway", [provider, gw], lambda: self.closed_loop(gw.port, 1))
+        added = via["p50"] - direct["p50"]
+        self.row(
+            "1. latency p50, gateway - direct",
+            "≤ 1.5 ms",
+            f"{added:.2f} ms",
+            f"{via['p50']:.2f} vs {direct['p50']:.2f} ms",
+            added <= 1.5 and not via["errors"],
+        )
+        self.check_errors("1", via)
+
+    def throughput(self, provider: Proc, floor: Proc, gw: Proc) -> dict[str, float]:
+        direct = self.measure("2 direct", [provider], lambda: self.closed_loop(provider.port, 32))
+        proxy = self.measure("2 floor", [provider, floor], lambda: self.closed_loop(floor.port, 32))
+        via = self.measure("2 gateway", [provider, gw], lambda: self.closed_loop(gw.port, 32))
+        ratio = via["rps"] / proxy["rps"]
+        self.row(
+            "2. req/s, 32 clients, stateless",
+            "≥ 50% of floor",
+            f"{via['rps']:.0f} req/s, p99 {via['p99']:.1f} ms",
+            f"{ratio:.0%} of {proxy['rps']:.0f} (floor p99 {proxy['p99']:.1f} ms)",
+            ratio >= 0.5 and not via["errors"],
+        )
+        headroom = direct["rps"] / via["rps"]
+        self.row(
+            "   load generator ceiling (direct)",
+            "≥ 3x gateway",
+            f"{direct['rps']:.0f} req/s, p99 {direct['p99']:.1f} ms",
+            f"{headroom:.1f}x",
+            headroom >= 3,
+        )
+        self.check_errors("2", via)
+        return via
+
+    def sessions(self, provider: Proc, stateless: dict[str, float]) -> None:
+        gw = self.start_gateway(provider)
+        try:
+            via = self.measure(
+                "3 gateway", [provider, gw], lambda: self.closed_loop(gw.port, 32, user="client")
+            )
+        finally:
+            gw.stop()
+        ratio = via["rps"] / stateless["rps"]
+        self.row(
+            "3. req/s, 32 clients, with sessions",
+            "≥ 50% of 2.",
+            f"{via['rps']:.0f} req/s, p99 {via['p99']:.1f} ms",
+            f"{ratio:.0%}",
+            ratio >= 0.5 and not via["errors"],
+        )
+        self.check_errors("3", via)
+        if not self.wrk:
+            self.notes.append("3: the Python load generator sends one user for all clients")
+
+    def fan_out(self, provider: Proc) -> None:
+        m = self.mode
+        body = {"model": "tick", "stream": True, "messages": FAST["messages"]}
+        opts = self.client_options(provider.port, body, "", streams=m.streams, chunks=m.chunks)
+        opts.update(ramp=m.ramp, timeout=m.streams / m.ramp + m.chunks / 20 + 60)
+        direct = self.measure("4 direct", [provider], lambda: self.client("streams", opts))
+        gw = self.start_gateway(provider)
+        try:
+            idle = gw.status("VmRSS")
+            opts.update(port=gw.port, token=TOKEN, body=dict(body, model="openclaw/tick"))
+            with Sampler(gw) as rss:
+                via = self.measure(
+                    "4 gateway", [provider, gw], lambda: self.client("streams", opts)
+                )
+        finally:
+            gw.stop()
+        ok = via["results"].get("ok", 0)
+        self.row(
+            f"4. streams complete, in order ({m.chunks} chunks)",
+            f"{m.streams}/{m.streams}",
+            f"{ok}/{m.streams}",
+            _results(via["results"]),
+            ok == m.streams,
+        )
+        added = via["delay_ms"]["p99"] - direct["delay_ms"]["p99"]
+        self.row(
+            "4. added per-chunk delay p99",
+            "≤ 10 ms",
+            f"{added:.1f} ms",
+            f"{via['delay_ms']['p99']:.1f} vs {direct['delay_ms']['p99']:.1f} ms direct",
+            added <= 10 and direct["results"].get("ok", 0) == m.streams,
+        )
+        per = (rss.peak - idle) / m.streams
+        self.row(
+            "4. peak RSS per stream above idle",
+            "≤ 64 KiB",
+            f"{per / KIB:.1f} KiB",
+            f"peak {rss.peak / MIB:.0f} MB, idle {idle / MIB:.0f} MB",
+            per <= 64 * KIB,
+        )
+
+    def slow_reader(self, provider: Proc) -> None:
+        m = self.mode
+        gw = self.start_gateway(provider)
+        body = {"model": "openclaw/big", "stream": True, "messages": FAST["messages"]}
+        opts = self.client_options(gw.port, body, TOKEN, rate=m.read_rate)
+        try:
+            idle = gw.status("VmRSS")
+            with Sampler(gw) as rss:
+                r = self.measure("5 gateway", [provider, gw], lambda: self.client("slow", opts))
+        finally:
+            gw.stop()
+        growth = rss.peak - idle
+        complete = r["status"] == 200 and r["content_bytes"] == m.big_bytes
+        self.row(
+            f"5. slow reader, {m.big_bytes / 1e6:g} MB at {m.read_rate / 1e6:g} MB/s: RSS growth",
+            "≤ 8 MB",
+            f"{growth / MIB:.1f} MB",
+            f"{r['content_bytes'] / 1e6:.1f} MB in {r['wall_s']:.1f} s"
+            + ("" if complete else f" INCOMPLETE (status {r['status']})"),
+            growth <= 8 * MIB and complete,
+        )
+
+    def profile(self, gw: Proc) -> None:
+        spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        if not os.path.exists(spy):
+            self.notes.append("profile: py-spy is not installed (pip install py-spy)")
+            return
+        raw = self.out / "profile-gateway.txt"
+        seconds = max(2, int(self.mode.seconds))
+        argv = [spy, "record", "-p", str(gw.pid), "-d", str(seconds), "-r", "250"]
+        argv += ["-f", "raw", "--nonblocking", "-o", str(raw)]
+        spying = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
+        self._closed_loop(gw.port, 32, seconds, "", TOKEN)
+        spying.wait()
+        if raw.exists():
+            self.notes.append(f"profile of the gateway under scenario 2 ({raw}):")
+            self.notes.extend("  " + line for line in summarize(raw.read_text()))
+        else:
+            self.notes.append("profile: py-spy recorded nothing (ptrace not permitted?)")
+
+    def check_errors(self, label: str, result: dict[str, float]) -> None:
+        if result["errors"]:
+            self.notes.append(f"{label}: {result['errors']:.0f} requests failed")
+
+
+LISTENING = r"openclaw gateway listening on http://[\d.]+:(\d+)"
+
+
+def _results(results: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(results.items()))
+
+
+def get(port: int, path: str) -> int:
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        conn.request("GET", path)
+        status = conn.getresponse().status
+        conn.close()
+        return status
+    except OSError:
+        return 0
+
+
+def summarize(raw: str, top: int = 12) -> list[str]:
+    """The hottest functions of a py-spy raw (collapsed) profile: own and inclusive samples."""
+    own: Counter[str] = Counter()
+    total: Counter[str] = Counter()
+    samples = 0
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        samples += n
+        frames = [_frame(f) for f in stack.split(";")]
+        own[frames[-1]] += n
+        for f in set(frames):
+            total[f] += n
+    if not samples:
+        return ["(no samples)"]
+    lines = [f"{samples} samples; own time:"]
+    lines += [f"{n / samples:6.1%}  {f}" for f, n in own.most_common(top)]
+    lines.append("inclusive, openclaw_twisted only:")
+    ours = [(f, n) for f, n in total.most_common() if "openclaw_twisted" in f][:top]
+    lines += [f"{n / samples:6.1%}  {f}" for f, n in ours]
+    return lines
+
+
+def _frame(frame: str) -> str:
+    # py-spy: "function (path/to/file.py:line)"; keep the function and the file, not the line.
+    m = re.match(r"(.*) \((.*?)(?::\d+)?\)$", frame.strip())
+    if not m:
+        return frame.strip()
+    path = m.group(2)
+    for marker in ("site-packages/", "openclaw_twisted/", "lib/python"):
+        if marker in path:
+            path = ("openclaw_twisted/" if marker == "openclaw_twisted/" else "") + path.split(
+                marker, 1
+            )[1]
+            break
+    return f"{path}:{m.group(1)}"
+
+
+def find_wrk(install: bool, say: TextIO) -> str | None:
+    """``wrk``, installed from Debian's package when missing and allowed; else None."""
+    wrk = shutil.which("wrk")
+    if wrk or not install or not shutil.which("apt-get"):
+        return wrk
+    say.write("bench: installing wrk (apt-get install -y wrk)...\n")
+    for step in (["apt-get", "install", "-y", "wrk"], ["apt-get", "update"]):
+        subprocess.run(step, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        if step[1] == "update":
+            subprocess.run(["apt-get", "install", "-y", "wrk"], capture_output=True, check=False)
+        if shutil.which("wrk"):
+            break
+    return shutil.which("wrk")
+
+
+def machine(wrk: str | None) -> list[str]:
+    cpu = re.search(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text())
+    mem = re.search(r"MemTotal:\s*(\d+)", Path("/proc/meminfo").read_text())
+    import twisted
+
+    loadgen = "wrk " + _wrk_version(wrk) if wrk else "python -m bench.client load (no wrk)"
+    return [
+        f"machine: {os.cpu_count()} CPUs, {cpu.group(1) if cpu else '?'}, "
+        f"{int(mem.group(1)) / MIB if mem else 0:.1f} GiB RAM, {platform.platform()}",
+        f"software: Python {platform.python_version()}, Twisted {twisted.__version__}; "
+        f"load generator: {loadgen}",
+    ]
+
+
+def _wrk_version(wrk: str) -> str:
+    out = subprocess.run([wrk, "-v"], capture_output=True, text=True, check=False)
+    m = re.search(r"wrk (\S+)", out.stdout + out.stderr)
+    return m.group(1) if m else "?"
+
+
+def table(rows: list[tuple[str, str, str, str, bool]]) -> list[str]:
+    head = ("figure", "target", "measured", "ratio / detail", "result")
+    cells = [head, *((f, t, m, r, "PASS" if ok else "MISS") for f, t, m, r, ok in rows)]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(head))]
+
+    def line(c: tuple[str, ...]) -> str:
+        return "| " + " | ".join(x.ljust(w) for x, w in zip(c, widths, strict=True)) + " |"
+
+    return [line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [
+        line(c) for c in cells[1:]
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--quick", action="store_true", help="200 streams, 5 s runs (~1 min)")
+    group.add_argument("--smoke", action="store_true", help="a few requests each (seconds)")
+    parser.add_argument("--profile", action="store_true", help="py-spy the gateway under 2.")
+    parser.add_argument("--no-install", action="store_true", help="never apt-get install wrk")
+    parser.add_argument("--python-load", action="store_true", help="use the Python load client")
+    parser.add_argument("--out", help="where logs and state go (default: a temporary directory)")
+    options = parser.parse_args(argv)
+    mode_name = "smoke" if options.smoke else "quick" if options.quick else "full"
+    mode = MODES[mode_name]
+    wrk = None
+    if not options.python_load:
+        wrk = find_wrk(not (options.no_install or options.smoke), sys.stderr)
+    out = Path(options.out or tempfile.mkdtemp(prefix="openclaw-bench-"))
+    out.mkdir(parents=True, exist_ok=True)
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    )
+    bench = Bench(mode, out, wrk, env)
+    header = [f"openclaw-twisted bench ({mode_name}); logs in {out}", *machine(wrk)]
+    sys.stdout.write("\n".join(header) + "\n")
+    sys.stdout.flush()
+    bench.run(options.profile)
+    sys.stdout.write("\n".join(["", *table(bench.rows), "", *bench.notes]) + "\n")
+    (out / "results.json").write_text(json.dumps({"header": header, "rows": bench.rows}, indent=1))
+    return 0
