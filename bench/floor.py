@@ -18,7 +18,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IRequest
 from twisted.web.server import Site
 
-from openclaw_twisted.gateway import GatewaySite, http_client
+from openclaw_twisted.gateway import http_client
 
 #: The global reactor, untyped: the bench is a process edge, like the CLI.
 reactor: Any = _reactor
@@ -43,12 +43,21 @@ def app(upstream: str) -> Klein:
     return klein
 
 
+class QuietSite(Site):
+    """A plain ``Site``, without the per-request access log (as the gateway's) nor form parsing."""
+
+    noisy = False
+
+    def log(self, request: object) -> None:
+        pass
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.floor", description=__doc__)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--upstream", required=True)
     options = parser.parse_args(argv)
-    site: Site = GatewaySite(app(options.upstream).resource())
+    site = QuietSite(app(options.upstream).resource(), parsePOSTFormSubmission=False)
     port = reactor.listenTCP(options.port, site, backlog=4096, interface="127.0.0.1")
     sys.stdout.write(f"listening {port.getHost().port}\n")
     sys.stdout.flush()

@@ -290,11 +290,11 @@ class Bench:
             self.latency(provider, gw)
             stateless = self.throughput(provider, floor, gw)
             if profile:
-                self.profile(gw)
+                self.profile(gw, "2")
         finally:
             gw.stop()
             floor.stop()
-        self.sessions(provider, stateless)
+        self.sessions(provider, stateless, profile)
         self.fan_out(provider)
         self.slow_reader(provider)
         provider.stop()
@@ -344,12 +344,14 @@ class Bench:
         self.check_errors("2", via)
         return via
 
-    def sessions(self, provider: Proc, stateless: dict[str, float]) -> None:
+    def sessions(self, provider: Proc, stateless: dict[str, float], profile: bool) -> None:
         gw = self.start_gateway(provider)
         try:
             via = self.measure(
                 "3 gateway", [provider, gw], lambda: self.closed_loop(gw.port, 32, user="client")
             )
+            if profile:
+                self.profile(gw, "3", user="client")
         finally:
             gw.stop()
         ratio = via["rps"] / stateless["rps"]
@@ -427,21 +429,21 @@ class Bench:
             growth <= 8 * MIB and complete,
         )
 
-    def profile(self, gw: Proc) -> None:
+    def profile(self, gw: Proc, label: str, user: str = "") -> None:
         spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
         if not os.path.exists(spy):
             self.notes.append("profile: py-spy is not installed (pip install py-spy)")
             return
-        raw = self.out / "profile-gateway.txt"
+        raw = self.out / f"profile-gateway-{label}.txt"
         seconds = max(2, int(self.mode.seconds))
         argv = [spy, "record", "-p", str(gw.pid), "-d", str(seconds), "-r", "250"]
         argv += ["-f", "raw", "--nonblocking", "-o", str(raw)]
         spying = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.5)
-        self._closed_loop(gw.port, 32, seconds, "", TOKEN)
+        self._closed_loop(gw.port, 32, seconds, user, TOKEN)
         spying.wait()
         if raw.exists():
-            self.notes.append(f"profile of the gateway under scenario 2 ({raw}):")
+            self.notes.append(f"profile of the gateway under scenario {label} ({raw}):")
             self.notes.extend("  " + line for line in summarize(raw.read_text()))
         else:
             self.notes.append("profile: py-spy recorded nothing (ptrace not permitted?)")
@@ -488,8 +490,12 @@ def summarize(raw: str, top: int = 12) -> list[str]:
         return ["(no samples)"]
     lines = [f"{samples} samples; own time:"]
     lines += [f"{n / samples:6.1%}  {f}" for f, n in own.most_common(top)]
-    lines.append("inclusive, openclaw_twisted only:")
-    ours = [(f, n) for f, n in total.most_common() if "openclaw_twisted" in f][:top]
+    lines.append("inclusive, openclaw_twisted only (below the event loop):")
+    ours = [
+        (f, n)
+        for f, n in total.most_common()
+        if "openclaw_twisted" in f and "cli.py" not in f and n < 0.8 * samples
+    ][:top]
     lines += [f"{n / samples:6.1%}  {f}" for f, n in ours]
     return lines
 
