@@ -194,7 +194,9 @@ class GatewaySite(Site):
         gate: BodyGate | None = None,
         reactor: IReactorTime | None = None,
     ) -> None:
-        super().__init__(resource, reactor=reactor)
+        # Form bodies are never ours to parse: Twisted would run the email package's header
+        # parser over every POST's Content-Type (about 15% of a chat completion's CPU).
+        super().__init__(resource, reactor=reactor, parsePOSTFormSubmission=False)
         self.gate = gate
 
     def log(self, request: Any) -> None:
