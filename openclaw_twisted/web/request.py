@@ -85,8 +85,9 @@ class GatewayRequest(Request):
         if isinstance(verdict, bytes):
             self._answer_early(verdict)
             return
-        self.prechecked = gate is not None
         if isinstance(verdict, BodyLimit):
+            # Only a gate that bounded the body has checked the request (auth included).
+            self.prechecked = True
             self._limit = verdict
         self._deadline = site.reactor.callLater(BODY_TIMEOUT_SECONDS, self._too_slow)
 

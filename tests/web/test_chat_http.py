@@ -84,6 +84,12 @@ class OrderOfChecksTests(Base):
         r = post(self.gateway, HI, token=None, headers={"Authorization": f"bEaReR   {TOKEN}  "})
         self.assertEqual(r.status, 200)
 
+    def test_auth_holds_for_every_spelling_of_the_path(self) -> None:
+        for path in ("/v1/chat/%63ompletions", "/v1/chat/completions?x=1"):
+            r = post(self.gateway, HI, path=path, token=None)
+            self.assertEqual(r.status, 401, path)
+        self.assertEqual(self.provider.requests, [])
+
     def test_password_mode(self) -> None:
         data = gateway_config("x")
         data["gateway"]["auth"] = {"mode": "password", "password": "pw"}
