@@ -1,6 +1,7 @@
 """
 Load clients that need more than ``wrk``: many concurrent SSE streams, a slow reader, and a
-closed-loop request generator used when ``wrk`` is not installed. Each runs in its own process:
+closed-loop request generator used when ``wrk`` is not installed. Bare sockets and ``epoll``, no
+reactor, so they stay far cheaper than what they measure. Each runs in its own process:
 ``python -m bench.client streams|slow|load '<json options>'`` prints one JSON line of results.
 """
 
@@ -15,12 +16,6 @@ import sys
 import time
 from collections import Counter
 from typing import Any
-
-from twisted.internet import reactor as _reactor
-from twisted.internet.protocol import ClientFactory, Protocol
-
-#: The global reactor, untyped: the bench is a process edge, like the CLI.
-reactor: Any = _reactor
 
 TICK = re.compile(rb'"content":\s*"(\d+):(\d+);"')
 BIG = re.compile(rb'"content":\s*"(z+)"')
@@ -137,12 +132,7 @@ class Stream:
 
 
 def streams(options: dict[str, Any]) -> dict[str, Any]:
-    """
-    Open ``streams`` tick streams, ``ramp`` a second, and follow them all to their end.
-
-    A bare ``epoll`` loop rather than a reactor: at 2,000 streams x 20 chunks/s the client
-    must stay far cheaper than what it measures.
-    """
+    """Open ``streams`` tick streams, ``ramp`` a second, and follow them all to their end."""
     total, ramp = options["streams"], options["ramp"]
     request = request_bytes(options, options["body"])
     poll = select.epoll()
@@ -222,56 +212,54 @@ def slow(options: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-class Looper(Protocol):
+class Looper:
     """One closed-loop client: send, read the whole response, send again."""
 
-    transport: Any
-
-    def __init__(self, run: Load) -> None:
-        self.run = run
-
-    def connectionMade(self) -> None:
+    def __init__(self, sock: socket.socket, request: bytes) -> None:
+        self.sock = sock
+        self.request = request
         self.send()
 
     def send(self) -> None:
         self.response = Response()
         self.sent = time.monotonic()
-        self.transport.write(self.run.request)
-
-    def dataReceived(self, data: bytes) -> None:
-        self.response.feed(data)
-        if self.response.done:
-            self.run.done(self.response.status, time.monotonic() - self.sent)
-            self.send()
-
-
-class Load(ClientFactory):
-    """``connections`` closed-loop clients for ``duration`` seconds (when wrk is missing)."""
-
-    def __init__(self, options: dict[str, Any]) -> None:
-        self.request = request_bytes(options, options["body"])
-        self.latencies: list[float] = []
-        self.errors = 0
-
-    def buildProtocol(self, addr: object) -> Looper:
-        return Looper(self)
-
-    def done(self, status: int, seconds: float) -> None:
-        self.latencies.append(seconds * 1e3)
-        self.errors += status != 200
+        self.sock.sendall(self.request)
 
 
 def load(options: dict[str, Any]) -> dict[str, Any]:
-    run = Load(options)
-    for _ in range(options["connections"]):
-        reactor.connectTCP(options["host"], options["port"], run)
-    reactor.callLater(options["duration"], reactor.stop)
-    reactor.run()
+    """``connections`` closed-loop clients for ``duration`` seconds (used when wrk is missing)."""
+    poll = select.epoll()
+    clients: dict[int, Looper] = {}
+    for i in range(options["connections"]):
+        body = dict(options["body"])
+        if options.get("user"):  # each client is one user, as with wrk
+            body["user"] = f"{options['user']}-{i + 1}"
+        sock = socket.create_connection((options["host"], options["port"]))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        clients[sock.fileno()] = Looper(sock, request_bytes(options, body))
+        poll.register(sock.fileno(), select.EPOLLIN)
+    latencies: list[float] = []
+    errors = 0
+    end = time.monotonic() + options["duration"]
+    while clients and (left := end - time.monotonic()) > 0:
+        for fd, _ in poll.poll(left):
+            client = clients[fd]
+            data = client.sock.recv(65536)
+            if not data:
+                errors += 1
+                poll.unregister(fd)
+                del clients[fd]
+                continue
+            client.response.feed(data)
+            if client.response.done:
+                latencies.append((time.monotonic() - client.sent) * 1e3)
+                errors += client.response.status != 200
+                client.send()
     return {
-        "requests": len(run.latencies),
-        "errors": run.errors,
+        "requests": len(latencies),
+        "errors": errors,
         "seconds": options["duration"],
-        "latency_ms": percentiles(run.latencies),
+        "latency_ms": percentiles(latencies),
     }
 
 

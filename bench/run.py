@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import math
 import os
 import platform
 import re
@@ -36,8 +37,8 @@ KIB, MIB = 1024, 1024 * 1024
 class Mode:
     """How much load: the full run, ``--quick`` or ``--smoke`` (seconds, for the test suite)."""
 
-    seconds: int  # each closed-loop measurement (wrk takes whole seconds)
-    warmup: int
+    seconds: float  # each closed-loop measurement (wrk rounds up to whole seconds)
+    warmup: float
     streams: int
     chunks: int
     ramp: float  # streams opened per second
@@ -49,7 +50,7 @@ class Mode:
 MODES = {
     "full": Mode(10, 2, 2000, 200, 500, 20_000_000, 1_000_000),
     "quick": Mode(5, 1, 200, 200, 200, 5_000_000, 1_000_000),
-    "smoke": Mode(1, 0, 5, 5, 100, 200_000, 2_000_000, settle=0.1),
+    "smoke": Mode(0.5, 0, 5, 5, 100, 200_000, 2_000_000, settle=0.1),
 }
 
 
@@ -222,7 +223,7 @@ class Bench:
         body = json.dumps(FAST)
         if self.wrk:
             env = dict(self.env, BENCH_BODY=body, BENCH_TOKEN=token, BENCH_USER=user)
-            argv = [self.wrk, f"-t{connections}", f"-c{connections}", f"-d{seconds}s"]
+            argv = [self.wrk, f"-t{connections}", f"-c{connections}", f"-d{math.ceil(seconds)}s"]
             argv += ["--timeout", "10s", "-s", str(HERE / "post.lua")]
             argv.append(f"http://127.0.0.1:{port}/v1/chat/completions")
             done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
@@ -235,10 +236,7 @@ class Bench:
                 "p99": r["p99_us"] / 1e3,
                 "errors": r["socket_errors"] + r["status_errors"],
             }
-        fast = dict(FAST)
-        if user:  # the Python fallback: one user for all its clients (documented limitation)
-            fast["user"] = user
-        options = self.client_options(port, fast, token, connections=connections)
+        options = self.client_options(port, FAST, token, connections=connections, user=user)
         r = self.client("load", dict(options, duration=seconds))
         return {
             "rps": r["requests"] / r["seconds"],
@@ -363,8 +361,6 @@ class Bench:
             ratio >= 0.5 and not via["errors"],
         )
         self.check_errors("3", via)
-        if not self.wrk:
-            self.notes.append("3: the Python load generator sends one user for all clients")
 
     def fan_out(self, provider: Proc) -> None:
         m = self.mode
