@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 import sys
 from collections.abc import Mapping
@@ -15,7 +14,7 @@ from twisted.python import usage
 
 from . import tap
 
-PROG = "openclaw-twisted"
+PROG = "openclaw-twisted agent"
 
 
 class GatewayOptions(tap.Options):
@@ -118,7 +117,7 @@ async def agent_local(
             stdout.flush()
         if result.error is not None:
             err = result.error
-            stderr.write(f"{PROG}: agent run failed: {err.message} ({err.kind})\n")
+            stderr.write(f"{PROG}: {err.kind}: {err.message}\n")
             return 1
         return 0
     finally:
@@ -129,18 +128,9 @@ async def agent_remote(
     reactor: Any, options: AgentOptions, stdout: IO[str], stderr: IO[str]
 ) -> int:
     """One turn through a running gateway, over the WebSocket protocol."""
-    try:
-        client = importlib.import_module("openclaw_twisted.ws.client")
-    except ModuleNotFoundError as e:
-        if e.name != "openclaw_twisted.ws.client":
-            raise
-        stderr.write(
-            f"{PROG}: talking to a running gateway is not available yet in this version; "
-            "use --local to run the agent in this process\n"
-        )
-        return 2
-    code: int = await client.run_agent(reactor, options, stdout)
-    return code
+    from .ws.client import run_agent
+
+    return await run_agent(reactor, options, stdout, stderr)
 
 
 def run_agent_command(options: AgentOptions, reactor: Any) -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import os
@@ -12,7 +11,7 @@ from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 
 from openclaw_twisted.agents.sessions import DiskSessionStore
-from openclaw_twisted.cli import AgentOptions, agent_local, agent_remote
+from openclaw_twisted.cli import AgentOptions, agent_local
 
 from .support import child_env, spawn
 
@@ -61,8 +60,52 @@ class LocalProcessTests(TestCase):
         self.assertEqual(proc.out, b"")
         lines = proc.err.decode().splitlines()
         self.assertEqual(len(lines), 1, proc.err)
-        self.assertIn("agent run failed", lines[0])
+        self.assertTrue(lines[0].startswith("openclaw-twisted agent: misconfigured: "), lines[0])
         self.assertIn("misconfigured", lines[0])
+
+
+#: ``agent --local`` with a model that sends one delta and then hangs (echo patched).
+HANGING = r"""
+import sys
+from twisted.internet.defer import Deferred, succeed
+from openclaw_twisted.providers import echo
+from openclaw_twisted.providers.interface import TextDelta
+
+class Hang:
+    sent = False
+    def next(self):
+        if self.sent:
+            return Deferred()
+        self.sent = True
+        return succeed(TextDelta("partial answer"))
+    def cancel(self):
+        sys.stderr.write("stream cancelled\n")
+
+echo.EchoProvider.open = lambda self, request: succeed(Hang())
+from openclaw_twisted.cli import main
+sys.exit(main(["agent", "--local", "-m", "hi"]))
+"""
+
+
+class InterruptTests(TestCase):
+    async def test_ctrl_c_keeps_the_turn_as_aborted(self) -> None:
+        state = os.path.abspath(self.mktemp())
+        os.makedirs(state)
+        proc = spawn(self, ["-c", HANGING], child_env(state))
+        await proc.line_with(b"partial answer")
+        assert proc.transport is not None
+        proc.transport.signalProcess("INT")
+        self.assertEqual(await proc.ended, 1)
+        self.assertEqual(proc.out, b"partial answer\n")
+        self.assertEqual(
+            proc.err.decode().splitlines(),
+            ["stream cancelled", "openclaw-twisted agent: aborted: The run was cancelled."],
+        )
+        records = DiskSessionStore(state).transcript("main", "agent:main:main")
+        self.assertEqual(
+            [(r["text"], r.get("stopReason")) for r in records],
+            [("hi", None), ("partial answer", "aborted")],
+        )
 
 
 class LocalTests(TestCase):
@@ -107,7 +150,8 @@ class LocalTests(TestCase):
     async def test_unknown_agent(self) -> None:
         self.assertEqual(await self.local("-m", "yo", "--agent", "nobody"), 2)
         self.assertEqual(
-            self.err.getvalue(), "openclaw-twisted: unknown agent 'nobody' (configured: main)\n"
+            self.err.getvalue(),
+            "openclaw-twisted agent: unknown agent 'nobody' (configured: main)\n",
         )
         self.assertFalse(os.path.exists(os.path.join(self.state, "agents")))
 
@@ -124,12 +168,3 @@ class LocalTests(TestCase):
             options("--local")
         with self.assertRaises(UsageError):
             options("--local", "-m", "  ")
-
-    async def test_remote_not_available_yet(self) -> None:
-        if importlib.util.find_spec("openclaw_twisted.ws.client") is not None:
-            raise self.skipTest("ws.client exists: covered by its own tests")
-        code = await Deferred.fromCoroutine(
-            agent_remote(reactor, options("-m", "hi"), self.out, self.err)
-        )
-        self.assertEqual(code, 2)
-        self.assertIn("not available yet", self.err.getvalue())
