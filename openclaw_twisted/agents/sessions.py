@@ -195,7 +195,7 @@ class DiskSessionStore:
         if disk is not None and disk != index.seen:
             _merge(index, _load_index(index.dir))
         os.makedirs(index.dir, mode=0o700, exist_ok=True)
-        data = json.dumps(index.entries, ensure_ascii=False, indent=2).encode("utf-8")
+        data = _json(index.entries, indent=2)
         tmp = f"{path}.{os.getpid()}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
@@ -238,8 +238,16 @@ class DiskSessionStore:
         return t
 
 
+def _json(value: Any, **kw: Any) -> bytes:
+    """UTF-8 JSON; text with a lone surrogate (legal in JSON input) is written escaped."""
+    try:
+        return json.dumps(value, ensure_ascii=False, **kw).encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(value, ensure_ascii=True, **kw).encode("ascii")
+
+
 def _line(record: dict[str, Any]) -> bytes:
-    return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+    return _json(record, separators=(",", ":")) + b"\n"
 
 
 def _read_from(t: _Transcript) -> None:

@@ -309,3 +309,20 @@ class CacheTests(SynchronousTestCase):
             self.assertEqual(history[-2].text, f"{key}29")
             self.assertEqual(history[1].text, f"{key}8")
         self.assertEqual(store.history("main", "a", 2)[0].text, "a29")
+
+
+class TextTests(SynchronousTestCase):
+    def test_any_text_round_trips(self) -> None:
+        """Non-ASCII is written as UTF-8; a lone surrogate (valid JSON input) is escaped."""
+        state = self.mktemp()
+        store = DiskSessionStore(state)
+        keys = ["agent:main:openai-user:zoë", "agent:main:\ud800"]
+        for key in keys:
+            store.append("main", key, turn("héllo \ud83d", "日本 \udfff"))
+        again = DiskSessionStore(state)
+        for key in keys:
+            self.assertEqual(again.transcript("main", key), turn("héllo \ud83d", "日本 \udfff"))
+        store.append("main", "plain", turn("héllo", "日本"))
+        sid = next(r["sessionId"] for r in store.sessions("main") if r["key"] == "plain")
+        with open(os.path.join(state, "agents", "main", "sessions", sid + ".jsonl"), "rb") as f:
+            self.assertIn("日本".encode(), f.read())
