@@ -28,6 +28,10 @@ from .server import PROTOCOL_VERSION  # noqa: E402
 
 #: Seconds to wait for the TCP connection and for the gateway's hello.
 CONNECT_TIMEOUT = 10.0
+#: Seconds an interrupted command waits for the gateway to confirm the abort.
+ABORT_GRACE = 3.0
+#: The exit status of a command stopped by Ctrl-C (128 + SIGINT).
+INTERRUPTED = 130
 
 
 class ClientError(Exception):
@@ -99,65 +103,152 @@ def run_agent(
     Run one agent turn on a gateway over WebSocket, printing the answer as it streams.
 
     ``options``: ``message`` (required), ``agent``, ``session-key``, ``url``, ``token``,
-    ``config``. Fires with the exit code: 0, or 1 after one line on ``stderr``.
+    ``config``. Fires with the exit code: 0; 1 after one line on ``stderr``; 130 when the
+    reactor stops first (Ctrl-C), after the run was aborted on the gateway (``chat.abort``).
     """
-    err = stderr if stderr is not None else sys.stderr
-    env = os.environ if environ is None else environ
+    command = AgentCommand(
+        reactor,
+        options,
+        stdout,
+        stderr if stderr is not None else sys.stderr,
+        os.environ if environ is None else environ,
+    )
+    done = command.run()
 
-    async def go() -> int:
+    def interrupt() -> Deferred[None]:
+        # The reactor waits for this before it stops: the abort's round trip, bounded.
+        finished: Deferred[None] = Deferred()
+        timer = reactor.callLater(ABORT_GRACE, finished.callback, None)
+
+        def ended(result: object) -> object:
+            if timer.active():
+                timer.cancel()
+                finished.callback(None)
+            return result
+
+        done.addBoth(ended)
+        command.interrupt()
+        return finished
+
+    trigger = reactor.addSystemEventTrigger("before", "shutdown", interrupt)
+
+    def forget(result: object) -> object:
+        reactor.removeSystemEventTrigger(trigger)
+        return result
+
+    return done.addBoth(forget)
+
+
+class AgentCommand:
+    """One ``agent`` turn over WebSocket; ``interrupt()`` aborts it on the gateway."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        options: Mapping[str, Any],
+        out: IO[str],
+        err: IO[str],
+        environ: Mapping[str, str],
+    ) -> None:
+        self.reactor = reactor
+        self.options = options
+        self.out = out
+        self.err = err
+        self.environ = environ
+        self.interrupted = False
+        self.client: _Client | None = None
+        self.run_id: str | None = None
+        self._connecting: Deferred[Any] | None = None
+        self._agent_sent = False
+
+    def run(self) -> Deferred[int]:
+        """Fires with the exit code."""
+        return ensureDeferred(self._main())
+
+    def interrupt(self) -> None:
+        """Stop: abort the run if it started, else give up connecting."""
+        if self.interrupted:
+            return
+        self.interrupted = True
+        if self._connecting is not None:
+            self._connecting.cancel()
+        elif self.client is not None and not self._agent_sent:
+            self.client.dropConnection(abort=True)
+        elif self.run_id is not None:
+            self._abort()
+        # Sent but not yet accepted: the abort goes out when the runId arrives.
+
+    def _abort(self) -> None:
+        assert self.client is not None
+        self.client.send_json(
+            {"type": "req", "id": "abort", "method": "chat.abort", "params": {"runId": self.run_id}}
+        )
+
+    async def _main(self) -> int:
         try:
-            await _run(reactor, options, stdout, env)
-        except ClientError as e:
-            err.write(f"openclaw-twisted agent: {e}\n")
-            err.flush()
-            return 1
+            await self._run()
+        except Exception as e:
+            if self.interrupted:
+                line, code = "interrupted", INTERRUPTED
+            elif isinstance(e, ClientError):
+                line, code = str(e), 1
+            else:
+                raise
+            self.err.write(f"openclaw-twisted agent: {line}\n")
+            self.err.flush()
+            return code
         return 0
 
-    return ensureDeferred(go())
+    async def _run(self) -> None:
+        options = self.options
+        message = options.get("message")
+        if not message or not str(message).strip():
+            raise ClientError("--message is required")
+        url = options.get("url") or default_url(options, self.environ)
+        self.client = client = await self._connect(url)
+        try:
+            await self._handshake(client)
+            params: dict[str, Any] = {"message": message, "idempotencyKey": str(uuid.uuid4())}
+            if options.get("agent"):
+                params["agentId"] = options["agent"]
+            if options.get("session-key"):
+                params["sessionKey"] = options["session-key"]
+            client.send_json({"type": "req", "id": "agent", "method": "agent", "params": params})
+            self._agent_sent = True
+            await self._stream(client)
+        finally:
+            if client.state == client.STATE_OPEN:
+                client.sendClose(1000)
+            if client.state != client.STATE_CLOSED:
+                await client.closed
 
+    async def _connect(self, url: str) -> _Client:
+        try:
+            factory = WebSocketClientFactory(url, reactor=self.reactor)
+        except Exception as e:
+            raise ClientError(f"invalid --url {url!r}: {e}") from None
+        factory.protocol = _Client
+        factory.setProtocolOptions(openHandshakeTimeout=CONNECT_TIMEOUT)
+        endpoint: Any = HostnameEndpoint(
+            self.reactor, factory.host, factory.port, timeout=CONNECT_TIMEOUT
+        )
+        if factory.isSecure:
+            endpoint = wrapClientTLS(optionsForClientTLS(factory.host), endpoint)
+        protocol: _Client | None = None
+        try:
+            self._connecting = endpoint.connect(factory)
+            protocol = await self._connecting
+            self._connecting = protocol.opened
+            client: _Client = await protocol.opened
+        except Exception as e:
+            if protocol is not None:
+                protocol.dropConnection(abort=True)
+            raise ClientError(f"cannot connect to {url}: {e}") from None
+        finally:
+            self._connecting = None
+        return client
 
-async def _connect(reactor: Any, url: str) -> _Client:
-    try:
-        factory = WebSocketClientFactory(url, reactor=reactor)
-    except Exception as e:
-        raise ClientError(f"invalid --url {url!r}: {e}") from None
-    factory.protocol = _Client
-    factory.setProtocolOptions(openHandshakeTimeout=CONNECT_TIMEOUT)
-    endpoint: Any = HostnameEndpoint(reactor, factory.host, factory.port, timeout=CONNECT_TIMEOUT)
-    if factory.isSecure:
-        endpoint = wrapClientTLS(optionsForClientTLS(factory.host), endpoint)
-    try:
-        protocol = await endpoint.connect(factory)
-        client: _Client = await protocol.opened
-    except Exception as e:
-        raise ClientError(f"cannot connect to {url}: {e}") from None
-    return client
-
-
-async def _next(client: _Client, what: str) -> dict[str, Any]:
-    frame = await client.frames.get()
-    if frame is None:
-        code, reason = await client.closed
-        raise ClientError(f"the gateway closed the connection ({code} {reason}) {what}".strip())
-    if not isinstance(frame, dict):
-        raise ClientError(f"unexpected frame from the gateway {what}")
-    return frame
-
-
-def _failed(frame: dict[str, Any]) -> ClientError:
-    error = frame.get("error") or {}
-    return ClientError(f"{error.get('code', 'ERROR')}: {error.get('message', 'request failed')}")
-
-
-async def _run(
-    reactor: Any, options: Mapping[str, Any], out: IO[str], env: Mapping[str, str]
-) -> None:
-    message = options.get("message")
-    if not message or not str(message).strip():
-        raise ClientError("--message is required")
-    url = options.get("url") or default_url(options, env)
-    client = await _connect(reactor, url)
-    try:
+    async def _handshake(self, client: _Client) -> None:
         challenge = await _next(client, "before the challenge")
         if challenge.get("event") != "connect.challenge":
             raise ClientError("the gateway did not send connect.challenge")
@@ -177,55 +268,59 @@ async def _run(
                         "platform": sys.platform,
                         "mode": "cli",
                     },
-                    "auth": _credentials(options, env),
+                    "auth": _credentials(self.options, self.environ),
                 },
             }
         )
         hello = await _next(client, "during connect")
         if not hello.get("ok"):
             raise _failed(hello)
-        params: dict[str, Any] = {"message": message, "idempotencyKey": str(uuid.uuid4())}
-        if options.get("agent"):
-            params["agentId"] = options["agent"]
-        if options.get("session-key"):
-            params["sessionKey"] = options["session-key"]
-        client.send_json({"type": "req", "id": "agent", "method": "agent", "params": params})
-        await _stream(client, out)
-    finally:
-        if client.state == client.STATE_OPEN:
-            client.sendClose(1000)
-        if client.state != client.STATE_CLOSED:
-            await client.closed
 
-
-async def _stream(client: _Client, out: IO[str]) -> None:
-    """Print the deltas of our run until its final reply; a newline ends the answer."""
-    run_id: str | None = None
-    printed = False
-    try:
-        while True:
-            frame = await _next(client, "during the run")
-            if frame.get("type") == "event" and frame.get("event") == "agent":
-                event = frame.get("payload") or {}
-                if event.get("runId") == run_id and event.get("stream") == "assistant":
-                    out.write(event["data"]["delta"])
-                    out.flush()
+    async def _stream(self, client: _Client) -> None:
+        """Print the deltas of our run until its final reply; a newline ends the answer."""
+        out = self.out
+        printed = False
+        try:
+            while True:
+                frame = await _next(client, "during the run")
+                if frame.get("type") == "event" and frame.get("event") == "agent":
+                    event = frame.get("payload") or {}
+                    if event.get("runId") == self.run_id and event.get("stream") == "assistant":
+                        out.write(event["data"]["delta"])
+                        out.flush()
+                        printed = True
+                    continue
+                if frame.get("type") != "res" or frame.get("id") != "agent":
+                    continue
+                if not frame.get("ok"):
+                    raise _failed(frame)
+                payload = frame["payload"]
+                if payload.get("status") == "accepted":
+                    self.run_id = payload.get("runId")
+                    if self.interrupted:
+                        self._abort()
+                    continue
+                if not printed:
+                    texts = [p.get("text", "") for p in payload["result"]["payloads"]]
+                    out.write("".join(texts))
                     printed = True
-                continue
-            if frame.get("type") != "res" or frame.get("id") != "agent":
-                continue
-            if not frame.get("ok"):
-                raise _failed(frame)
-            payload = frame["payload"]
-            if payload.get("status") == "accepted":
-                run_id = payload.get("runId")
-                continue
-            if not printed:
-                texts = [p.get("text", "") for p in payload["result"]["payloads"]]
-                out.write("".join(texts))
-                printed = True
-            return
-    finally:
-        if printed:
-            out.write("\n")
-            out.flush()
+                return
+        finally:
+            if printed:
+                out.write("\n")
+                out.flush()
+
+
+async def _next(client: _Client, what: str) -> dict[str, Any]:
+    frame = await client.frames.get()
+    if frame is None:
+        code, reason = await client.closed
+        raise ClientError(f"the gateway closed the connection ({code} {reason}) {what}".strip())
+    if not isinstance(frame, dict):
+        raise ClientError(f"unexpected frame from the gateway {what}")
+    return frame
+
+
+def _failed(frame: dict[str, Any]) -> ClientError:
+    error = frame.get("error") or {}
+    return ClientError(f"{error.get('code', 'ERROR')}: {error.get('message', 'request failed')}")

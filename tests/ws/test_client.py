@@ -7,11 +7,14 @@ import os
 import re
 
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
+from openclaw_twisted.agents.runner import Run
 from openclaw_twisted.providers.interface import ProviderError
 from openclaw_twisted.testing import Script, ScriptedProvider
-from openclaw_twisted.ws.client import run_agent
+from openclaw_twisted.ws.client import AgentCommand, run_agent
 
 from ..support import REPO, child_env, spawn
 from .helpers import TOKEN, make_gateway, serve
@@ -29,19 +32,33 @@ class Writes(io.StringIO):
     def __init__(self) -> None:
         super().__init__()
         self.writes: list[str] = []
+        self.first: Deferred[str] = Deferred()
 
     def write(self, s: str) -> int:
         self.writes.append(s)
+        if not self.first.called:
+            self.first.callback(s)
         return super().write(s)
 
 
 class RunAgentTests(TestCase):
     timeout = 10
 
-    async def start(self, script: Script | None = None) -> str:
-        self.provider = ScriptedProvider(script or Script())
+    async def start(self, script: Script | None = None, clock: Clock | None = None) -> str:
+        self.provider = ScriptedProvider(script or Script(), clock=clock)
         self.gateway = make_gateway(self, SCRIPTED, providers=(self.provider,))
         return (await serve(self, self.gateway)).replace("http://", "ws://")
+
+    def started(self) -> Deferred[Run]:
+        """Fires with the first run that emits an event, once the emitting call has returned."""
+        d: Deferred[Run] = Deferred()
+
+        def first(run: Run, event: object) -> None:
+            if not d.called:
+                reactor.callLater(0, lambda: None if d.called else d.callback(run))
+
+        self.gateway.runner.listeners.append(first)
+        return d
 
     async def agent(self, **options: str) -> tuple[int, Writes, io.StringIO]:
         out, err = Writes(), io.StringIO()
@@ -81,6 +98,48 @@ class RunAgentTests(TestCase):
         self.assertEqual(code, 1)
         self.assertEqual(out.getvalue(), "Hello from\n")
         self.assertEqual(err.getvalue(), "openclaw-twisted agent: UNAVAILABLE: model broke\n")
+
+    async def test_interrupt_before_accepted_aborts_the_run(self) -> None:
+        url = await self.start(Script(hang=True))
+        started = self.started()
+        out, err = Writes(), io.StringIO()
+        command = AgentCommand(reactor, {"message": "hi", "url": url, "token": TOKEN}, out, err, {})
+        d = command.run()
+        run = await started
+        command.interrupt()
+        self.assertEqual(await d, 130)
+        self.assertEqual(
+            (out.getvalue(), err.getvalue()), ("", "openclaw-twisted agent: interrupted\n")
+        )
+        result = await run.wait()
+        self.assertEqual(result.error.kind if result.error else None, "aborted")
+        self.assertTrue(self.provider.streams[0].cancelled)
+
+    async def test_interrupt_mid_answer_aborts_the_run(self) -> None:
+        clock = Clock()
+        url = await self.start(Script(delta_delay=1.0), clock)
+        out, err = Writes(), io.StringIO()
+        command = AgentCommand(reactor, {"message": "hi", "url": url, "token": TOKEN}, out, err, {})
+        d = command.run()
+        await self.started()
+        clock.advance(1)
+        self.assertEqual(await out.first, "Hello")
+        command.interrupt()
+        self.assertEqual(await d, 130)
+        self.assertEqual(out.getvalue(), "Hello\n")
+        self.assertTrue(self.provider.streams[0].cancelled)
+        texts = self.gateway.store.transcript("main", "agent:main:main")
+        self.assertEqual(texts[-1]["stopReason"], "aborted")
+
+    async def test_interrupt_while_connecting(self) -> None:
+        url = await self.start()
+        out, err = Writes(), io.StringIO()
+        command = AgentCommand(reactor, {"message": "hi", "url": url, "token": TOKEN}, out, err, {})
+        d = command.run()
+        command.interrupt()
+        self.assertEqual(await d, 130)
+        self.assertEqual(err.getvalue(), "openclaw-twisted agent: interrupted\n")
+        self.assertEqual(self.provider.requests, [])
 
     async def test_unknown_agent(self) -> None:
         url = await self.start()
