@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import mimetypes
 import re
 import uuid
@@ -13,6 +12,7 @@ from typing import Any
 
 import attrs
 
+from .. import _json as strict_json
 from ..agents.events import RunRequest
 from ..agents.roster import Roster, agent_from_session_key
 from ..config import ChatCompletionsConfig, normalize_agent_id
@@ -65,20 +65,12 @@ def decode_body(body: bytes) -> dict[str, Any]:
     if not text.strip():
         return {}
     try:
-        value = json.loads(text, parse_constant=_no_constant)
-    except json.JSONDecodeError as e:
-        raise InvalidRequest(str(e)) from None
+        value = strict_json.loads(text)
     except ValueError as e:
         raise InvalidRequest(str(e)) from None
-    except RecursionError:
-        raise InvalidRequest("Request body is nested too deeply.") from None
     if not isinstance(value, dict):
         raise InvalidRequest("Request body must be a JSON object.")
     return value
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
 
 
 def parse_chat(

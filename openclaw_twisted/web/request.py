@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -15,13 +16,17 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
-from .errors import error_body
+from .errors import JSON_TYPE, error_body, error_envelope
 from .root import SECURITY_HEADERS
 
 log = Logger()
 
 #: A request body must be complete this long after its headers (CONTRACT §4.1: 408).
 BODY_TIMEOUT_SECONDS = 30.0
+#: A request's line and headers must be complete this long after the connection opened or
+#: the previous response ended (twisted.web has no such limit: a client sending a header
+#: byte now and then would hold its connection for the 12 h idle timeout — slowloris).
+HEADER_TIMEOUT_SECONDS = 30.0
 #: After an early answer, how long unread request bytes are drained so the client can read
 #: the answer before the connection closes (closing with unread data would reset it).
 LINGER_SECONDS = 5.0
@@ -49,6 +54,21 @@ def body_timeout(request: IRequest) -> bytes:
         "invalid_request_error",
         code="request_timeout",
     )
+
+
+def raw_error(status: int, reason: bytes, message: str, type_: str, code: str) -> bytes:
+    """A whole HTTP/1.1 error response, for when there is no request object to answer on."""
+    body = json.dumps(error_envelope(message, type_, code=code)).encode()
+    head = [
+        b"HTTP/1.1 %d %s" % (status, reason),
+        b"content-type: " + JSON_TYPE,
+        b"content-length: %d" % len(body),
+        b"connection: close",
+        *(name + b": " + value for name, value in SECURITY_HEADERS),
+    ]
+    if status != 408:
+        head.append(b"x-should-retry: false")
+    return b"\r\n".join(head) + b"\r\n\r\n" + body
 
 
 class GatewayRequest(Request):
@@ -135,10 +155,98 @@ class GatewayRequest(Request):
 
 
 class GatewayChannel(HTTPChannel):
-    """An HTTP channel that can stop parsing a request it already answered early."""
+    """
+    An HTTP channel that can stop parsing a request it already answered early, bounds the
+    time a client may take to send a request's headers (L{HEADER_TIMEOUT_SECONDS}), and
+    answers malformed or oversized request heads with a JSON 400/431 instead of a bare
+    line or a silent close.
+    """
 
     draining = False
     _linger: IDelayedCall | None = None
+    _header_deadline: IDelayedCall | None = None
+    _header_bytes = 0
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self._arm_header_deadline()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._header_deadline is not None:
+            self._header_bytes += len(data)
+        super().dataReceived(data)
+
+    def allHeadersReceived(self) -> None:
+        self._disarm_header_deadline()
+        super().allHeadersReceived()
+
+    def requestDone(self, request: Any) -> None:
+        # Armed first: a pipelined request already buffered disarms it again right away.
+        self._arm_header_deadline()
+        super().requestDone(request)
+
+    def _arm_header_deadline(self) -> None:
+        self._disarm_header_deadline()
+        self._header_bytes = 0
+        reactor: IReactorTime = self.site.reactor  # type: ignore[attr-defined]
+        self._header_deadline = reactor.callLater(HEADER_TIMEOUT_SECONDS, self._headers_too_slow)
+
+    def _disarm_header_deadline(self) -> None:
+        if self._header_deadline is not None and self._header_deadline.active():
+            self._header_deadline.cancel()
+        self._header_deadline = None
+
+    def _headers_too_slow(self) -> None:
+        self._header_deadline = None
+        if self.transport is None:
+            return
+        if self._header_bytes:  # a request was started: say why it is dropped
+            self.transport.write(
+                raw_error(
+                    408,
+                    b"Request Timeout",
+                    "The request headers were not received in time.",
+                    "invalid_request_error",
+                    "request_timeout",
+                )
+            )
+        self.draining = True
+        self.transport.loseConnection()
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        too_large = (
+            self._receivedHeaderSize > self.totalHeadersSize
+            or self._receivedHeaderCount > self.maxHeaders
+        )
+        self._bad_request(too_large)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self._bad_request(too_large=True)
+
+    def _bad_request(self, too_large: bool) -> None:
+        if self.draining or self.transport is None:
+            return
+        self._disarm_header_deadline()
+        if too_large:
+            answer = raw_error(
+                431,
+                b"Request Header Fields Too Large",
+                "The request line or headers are too large.",
+                "invalid_request_error",
+                "headers_too_large",
+            )
+        else:
+            answer = raw_error(
+                400,
+                b"Bad Request",
+                "Malformed HTTP request.",
+                "invalid_request_error",
+                "bad_request",
+            )
+        self.transport.write(answer)
+        self.draining = True
+        self.persistent = False
+        self.loseConnection()
 
     def lineReceived(self, line: bytes) -> None:
         if not self.draining:
@@ -173,6 +281,7 @@ class GatewayChannel(HTTPChannel):
         self._linger = reactor.callLater(LINGER_SECONDS, transport.abortConnection)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._disarm_header_deadline()
         if self._linger is not None and self._linger.active():
             self._linger.cancel()
         super().connectionLost(reason)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import secrets
 import uuid
 from collections import OrderedDict
@@ -23,6 +22,7 @@ from twisted.internet.defer import Deferred, ensureDeferred, succeed  # noqa: E4
 from twisted.internet.interfaces import IDelayedCall  # noqa: E402
 from twisted.logger import Logger  # noqa: E402
 
+from .. import _json as strict_json  # noqa: E402
 from ..agents.events import RunError, RunEvent, RunRequest, RunResult  # noqa: E402
 from ..agents.runner import Run, UnknownAgent  # noqa: E402
 from . import methods  # noqa: E402
@@ -220,7 +220,7 @@ class GatewayWebSocket(WebSocketServerProtocol):
         frame: Any = None
         if not isBinary:
             try:
-                frame = json.loads(payload.decode("utf-8"))
+                frame = strict_json.loads(payload.decode("utf-8"))
             except ValueError:
                 frame = None
         if not self._greeted:
