@@ -8,14 +8,16 @@ from typing import Any
 
 from hypothesis import example, given
 from hypothesis import strategies as st
+from twisted.internet import reactor as global_reactor
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
+from txaio._common import _BatchedTimer
 
 from openclaw_twisted.testing import ScriptedProvider
 from openclaw_twisted.ws.server import METHODS
 
 from ..web.memory import TOKEN, MemoryClient, Response, make_gateway
-from ..ws.helpers import connect_frame
+from ..ws.helpers import connect_frame, ws_factory
 from .support import (
     BINARY,
     LogCapture,
@@ -225,6 +227,18 @@ ws_frames = st.one_of(
 
 
 class WebSocketFuzzTests(FuzzBase):
+    def setUp(self) -> None:
+        super().setUp()
+        # Autobahn's own timers (handshake, close) run on txaio's loop: make it our clock, so
+        # nothing is left on the global reactor.
+        ws_factory(self.gateway)._batched_timer = _BatchedTimer(
+            1000.0, 100, self.reactor.seconds, self.reactor.callLater
+        )
+
+    def tearDown(self) -> None:
+        super().tearDown()
+        self.assertEqual(global_reactor.getDelayedCalls(), [])
+
     def replies_ok(self, frames: list[Any]) -> None:
         for frame in frames:
             self.assertIn(frame["type"], ("res", "event"), frame)
@@ -268,9 +282,10 @@ class WebSocketFuzzTests(FuzzBase):
         hello = ws.messages()[-1]
         self.assertTrue(hello["ok"], hello)
         for payload, binary in frames:
-            ws.send(payload, BINARY if binary else 1)
-            self.replies_ok(ws.messages())
-        if not ws.closed:
+            if not ws.closing:
+                ws.send(payload, BINARY if binary else 1)
+                self.replies_ok(ws.messages())
+        if not ws.closing:
             ws.send_json({"type": "req", "id": "h", "method": "health", "params": {}})
             health = [f for f in ws.messages() if f.get("id") == "h"]
             self.assertTrue(health and health[0]["ok"], health)
