@@ -410,8 +410,9 @@ class _Writer:
             reply = self.reply
             if reply.cut_after is not None and self.deltas >= reply.cut_after:
                 self.stopped = True
+                # Close after what was written is sent: the body ends mid-way.
                 transport: Any = self.request.transport
-                transport.abortConnection()
+                transport.loseConnection()
                 return
             if reply.stall_after is not None and self.deltas >= reply.stall_after:
                 return

@@ -1,19 +1,144 @@
-"""Placeholder: replaced by the real provider."""
+"""``openai-completions``: streaming chat completions (OpenAI, Ollama, vLLM, LiteLLM, ...)."""
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
-from .interface import IModelStream, IProvider, ModelRequest, ProviderError
+from ..config import ProviderConfig
+from ._http import HTTPProvider, describe, loads
+from .interface import (
+    Finish,
+    Image,
+    IModelStream,
+    IProvider,
+    Message,
+    ModelEvent,
+    ModelRequest,
+    ProviderError,
+    StopReason,
+    TextDelta,
+    Usage,
+)
+from .sse import SSEEvent
+
+
+def image_url(image: Image) -> str:
+    """A remote URL as is, else a ``data:`` URI of the image bytes."""
+    if image.url:
+        return image.url
+    return f"data:{image.mime};base64,{base64.b64encode(image.data).decode('ascii')}"
+
+
+def message_json(message: Message) -> dict[str, Any]:
+    if not message.images or message.role != "user":
+        return {"role": message.role, "content": message.text}
+    parts: list[dict[str, Any]] = [{"type": "text", "text": message.text}] if message.text else []
+    parts += [{"type": "image_url", "image_url": {"url": image_url(i)}} for i in message.images]
+    return {"role": message.role, "content": parts}
+
+
+def request_body(request: ModelRequest) -> dict[str, Any]:
+    """The ``/chat/completions`` body for ``request``, streaming with usage."""
+    messages = [{"role": "system", "content": request.system}] if request.system else []
+    messages += [message_json(m) for m in request.messages]
+    body: dict[str, Any] = {
+        "model": request.model,
+        "messages": messages,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    s = request.sampling
+    fields = {
+        "max_tokens": s.max_tokens,
+        "temperature": s.temperature,
+        "top_p": s.top_p,
+        "seed": s.seed,
+        "presence_penalty": s.presence_penalty,
+        "frequency_penalty": s.frequency_penalty,
+    }
+    body.update({k: v for k, v in fields.items() if v is not None})
+    if s.stop:
+        body["stop"] = list(s.stop)
+    return body
+
+
+class ChunkDecoder:
+    """``chat.completion.chunk`` events → deltas, then one ``Finish`` at ``[DONE]`` or the end."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.done = False
+        self.seen = False
+        self.stop: StopReason = "stop"
+        self.usage = Usage()
+
+    def event(self, event: SSEEvent) -> list[ModelEvent]:
+        if event.data.strip() == "[DONE]":
+            self.done = True
+            return [Finish(self.stop, self.usage)]
+        chunk = loads(self.label, event.data)
+        if not isinstance(chunk, dict):
+            raise ProviderError(
+                "upstream_error", f"{self.label} sent an unexpected chunk: {describe(event.data)}"
+            )
+        if chunk.get("error") is not None:
+            err = chunk["error"]
+            message = err.get("message") if isinstance(err, dict) else err
+            raise ProviderError(
+                "upstream_error", f"{self.label} reported an error: {describe(str(message))}"
+            )
+        self.seen = True
+        out: list[ModelEvent] = []
+        for choice in chunk.get("choices") or ():
+            if not isinstance(choice, dict):
+                continue
+            delta = choice.get("delta")
+            content = delta.get("content") if isinstance(delta, dict) else None
+            if isinstance(content, str) and content:
+                out.append(TextDelta(content))
+            reason = choice.get("finish_reason")
+            if reason:
+                self.stop = "length" if reason == "length" else "stop"
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            self.usage = Usage(
+                _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
+            )
+        return out
+
+    def end(self) -> list[ModelEvent]:
+        if not self.seen:
+            raise ProviderError(
+                "upstream_error", f"{self.label} ended its stream without sending a completion"
+            )
+        # Some servers end the body without [DONE]; what arrived is the whole answer.
+        self.done = True
+        return [Finish(self.stop, self.usage)]
+
+
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 @implementer(IProvider)
-class OpenAICompletionsProvider:
-    def __init__(self, config: Any, http: Any, clock: Any) -> None:
-        self.name = config.name
+class OpenAICompletionsProvider(HTTPProvider):
+    """Streams ``POST <baseUrl>/chat/completions`` and parses the chunks as they arrive."""
+
+    def __init__(self, config: ProviderConfig, http: Any, clock: IReactorTime) -> None:
+        super().__init__(config, http, clock)
 
     def open(self, request: ModelRequest) -> Deferred[IModelStream]:
-        return fail(ProviderError("misconfigured", "provider api not implemented yet"))
+        headers = {}
+        if self.config.api_key:
+            headers["authorization"] = f"Bearer {self.config.api_key}"
+        return self.post(
+            f"{self.config.base_url}/chat/completions",
+            headers,
+            request_body(request),
+            ChunkDecoder(self._label),
+        )
