@@ -554,7 +554,7 @@ class FakeUpstream:
         self._script.extend(replies)
 
     def request(self, n: int = 0) -> Deferred[Received]:
-        """Fires once request number ``n`` (from 0) has arrived."""
+        """Fires once request number ``n`` (from 0) has arrived and its answer has begun."""
         if n < len(self.requests):
             return succeed(self.requests[n])
         d: Deferred[Received] = Deferred()
@@ -575,9 +575,16 @@ class FakeUpstream:
         method = (request.method or b"").decode("latin-1")
         received = Received(method, path, headers, content, disconnected)
         self.requests.append(received)
-        for waiting in [w for w in self._waiting if w[0] < len(self.requests)]:
-            self._waiting.remove(waiting)
-            waiting[1].callback(self.requests[waiting[0]])
+        try:
+            return self._respond(request, received)
+        finally:
+            # After the answer began, so a waiting test sees its first timers scheduled.
+            for waiting in [w for w in self._waiting if w[0] < len(self.requests)]:
+                self._waiting.remove(waiting)
+                waiting[1].callback(self.requests[waiting[0]])
+
+    def _respond(self, request: Request, received: Received) -> bytes | int:
+        path, method, content = received.path, received.method, received.body
         api = (
             "openai"
             if path.endswith("/chat/completions")
