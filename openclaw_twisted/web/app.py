@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import cache
+from importlib.resources import files
 from typing import TYPE_CHECKING
 
 from klein import Klein
@@ -11,7 +13,7 @@ from twisted.web.iweb import IRequest
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from .completions import ChatCompletions
-from .errors import error_body, json_body, not_found
+from .errors import JSON_TYPE, error_body, json_body, not_found
 from .request import BodyLimit
 
 log = Logger()
@@ -20,6 +22,12 @@ if TYPE_CHECKING:
     from twisted.python.failure import Failure
 
     from ..gateway import Gateway
+
+
+@cache
+def openapi_document() -> bytes:
+    """The OpenAPI 3.1 document of the HTTP API, shipped in the package."""
+    return files("openclaw_twisted").joinpath("openapi.json").read_bytes()
 
 
 class GatewayHTTP:
@@ -45,6 +53,11 @@ class GatewayHTTP:
     def ready(self, request: IRequest) -> bytes:
         ready = self.gateway.ready
         return json_body(request, 200 if ready else 503, {"ready": ready}, no_store=True)
+
+    @app.route("/openapi.json", methods=["GET", "HEAD"])
+    def openapi(self, request: IRequest) -> bytes:
+        request.setHeader(b"content-type", JSON_TYPE)
+        return openapi_document()
 
     @app.route("/v1/chat/completions", branch=False)
     async def chat_completions(self, request: IRequest) -> bytes | None:

@@ -325,6 +325,8 @@ def _integer(body: Mapping[str, Any], name: str, *, positive: bool) -> int | Non
     value = body.get(name)
     if value is None:
         return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON has one number type: 100.0 and 1e3 are integers too
     if isinstance(value, bool) or not isinstance(value, int) or (positive and value < 1):
         what = "a positive integer" if positive else "an integer"
         raise InvalidRequest(f"`{name}` must be {what}.", name, "invalid_value")
