@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 
+from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
 from openclaw_twisted.agents.sessions import DiskSessionStore
+from openclaw_twisted.testing import FakeUpstream, Reply
 
-from ..support import child_env, spawn
+from ..support import GatewayProcess, child_env, spawn
+
+KEY = "agent:main:main"
 
 #: A process that runs turn after turn on one session (big deltas, a few ms apart, so the
 #: kill lands mid-turn) and prints ``done <n> <runId>`` after each turn's final event.
@@ -84,3 +89,70 @@ class CrashTests(TestCase):
         again = DiskSessionStore(state).transcript("main", "agent:main:main")
         self.assertEqual(again[-1]["text"], "ok")
         self.assertEqual(len(again), len(records) + 1)
+
+
+class CLICrashTests(TestCase):
+    """``agent --local`` against a model server on loopback, killed in the middle of a turn."""
+
+    timeout = 60
+
+    async def setup(self) -> tuple[FakeUpstream, str]:
+        server = await FakeUpstream.start(reactor)
+        self.addCleanup(server.stop)
+        state = os.path.abspath(self.mktemp())
+        os.makedirs(state)
+        with open(os.path.join(state, "openclaw.json"), "w") as f:
+            json.dump(
+                {
+                    "agents": {"defaults": {"model": "fake/m"}},
+                    "models": {
+                        "providers": {
+                            "fake": {
+                                "baseUrl": server.base_url + "/v1",
+                                "api": "openai-completions",
+                                "apiKey": "sk-test",
+                                "models": [{"id": "m"}],
+                            }
+                        }
+                    },
+                },
+                f,
+            )
+        return server, state
+
+    def agent(self, state: str, message: str) -> GatewayProcess:
+        args = ["-m", "openclaw_twisted.cli", "agent", "--local", "-m", message]
+        return spawn(self, args, child_env(state))
+
+    async def test_sigkill_mid_turn_then_start_again(self) -> None:
+        server, state = await self.setup()
+        server.script(
+            Reply(deltas=["Hel", "lo", " there."]),
+            Reply(deltas=["one", " two", " three"], stall_after=1),
+            Reply(deltas=["Again."]),
+        )
+        first = self.agent(state, "hi")
+        self.assertEqual(await first.ended, 0, first.err)
+        self.assertEqual(first.out, b"Hello there.\n")
+
+        # The second turn's first token is printed while the model is still answering
+        # (it never finishes): the answer streams. Then the process is killed mid-turn.
+        second = self.agent(state, "count")
+        await second.line_with(b"one")
+        self.assertNotIn(b"two", second.out)
+        assert second.transport is not None
+        second.transport.signalProcess("KILL")
+        await second.ended
+        self.assertEqual(second.signal, signal.SIGKILL)
+
+        # Started again: the completed turn was on disk and is sent as history.
+        third = self.agent(state, "again")
+        self.assertEqual(await third.ended, 0, third.err)
+        self.assertEqual(third.out, b"Again.\n")
+        sent = [(m["role"], m["content"]) for m in server.requests[2].json["messages"]]
+        self.assertEqual(
+            sent[1:],  # after the system prompt; the killed turn never completed
+            [("user", "hi"), ("assistant", "Hello there."), ("user", "again")],
+        )
+        records = DiskSessionStore(state).transcript("main", KEY)
+        self.assertEqual([r["text"] for r in records], ["hi", "Hello there.", "again", "Again."])
