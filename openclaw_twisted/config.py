@@ -352,6 +352,9 @@ def parse_config(data: Any, environ: Mapping[str, str], source: str | None = Non
         defaults, agents = _agents(root.obj("agents"), ignored)
         with root.obj("models") as models:
             providers = _providers(models.obj("providers"), ignored, notes)
+            configured = models.value.get("providers")
+            named = set(configured) if isinstance(configured, dict) else set()
+            providers += _implicit_providers(named, environ, notes)
         with root.obj("session") as session:
             persist = _bool(session.get("persistEphemeral"), session.at("persistEphemeral"), False)
     return Config(
@@ -471,6 +474,29 @@ def _agents(a: _Keys, ignored: list[str]) -> tuple[AgentDefaults, tuple[AgentCon
                     )
                 )
     return defaults, tuple(agents)
+
+
+#: Providers OpenClaw knows without a config entry: used when their key is in the environment.
+IMPLICIT_PROVIDERS: tuple[tuple[str, ProviderApi, str, str], ...] = (
+    ("openai", "openai-completions", "https://api.openai.com/v1", "OPENAI_API_KEY"),
+    ("anthropic", "anthropic-messages", "https://api.anthropic.com", "ANTHROPIC_API_KEY"),
+)
+
+
+def _implicit_providers(
+    configured: set[str], environ: Mapping[str, str], notes: list[str]
+) -> tuple[ProviderConfig, ...]:
+    """``openai``/``anthropic`` refs without an entry, when the usual key variable is set."""
+    out: list[ProviderConfig] = []
+    for name, api, base_url, variable in IMPLICIT_PROVIDERS:
+        key = environ.get(variable, "").strip()
+        if key and name not in configured:
+            out.append(ProviderConfig(name, api, base_url, key))
+            notes.append(
+                f"models.providers.{name} is not configured: {name}/<model> refs use "
+                f"{base_url} with the key in ${variable}"
+            )
+    return tuple(out)
 
 
 def _providers(p: _Keys, ignored: list[str], notes: list[str]) -> tuple[ProviderConfig, ...]:
