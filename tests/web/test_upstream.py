@@ -11,11 +11,13 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.trial.unittest import TestCase
 
 from openclaw_twisted import Gateway, parse_config
+from openclaw_twisted.agents.events import RunEvent
+from openclaw_twisted.agents.runner import Run
 from openclaw_twisted.testing import FakeUpstream, Reply, parse_sse
 
 from ..support import http_client, listen
-from .memory import TOKEN
-from .test_loopback import RawClient, request_bytes, until
+from .memory import TOKEN, parse_response
+from .test_loopback import RawClient, Repeated, request_bytes, until
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -190,3 +192,32 @@ class UpstreamTests(TestCase):
         client.transport.loseConnection()  # type: ignore[union-attr]
         await received.disconnected
         self.assertLess(sent, 1_000_000)
+
+    async def test_slow_reader_of_a_20mb_upstream_answer(self) -> None:
+        piece, count = "y" * 131_072, 160  # 20 MiB
+        await self.serve(Reply(deltas=Repeated(piece, count)))
+        port = int(self.url.rsplit(":", 1)[1])
+        most = [0]
+
+        def sample(run: Run, event: RunEvent) -> None:
+            most[0] = max(most[0], len(run._events) * len(piece))
+
+        self.gateway.runner.listeners.append(sample)
+        body = {"stream": True, "messages": [{"role": "user", "content": "big"}]}
+        client = RawClient(request_bytes(body))
+        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
+        client.transport.pauseProducing()  # type: ignore[union-attr]
+        received = await self.upstream.paused
+        # The upstream was paused long before it sent the whole answer.
+        self.assertLess(received.chunks_sent, count)
+        client.read_step = 262_144
+        client._next_pause = len(client.received) + client.read_step
+        client.transport.resumeProducing()  # type: ignore[union-attr]
+        await client.lost
+        response = parse_response(bytes(client.received))
+        assert response is not None
+        events = parse_sse(response.body)
+        content = sum(len(e["choices"][0]["delta"].get("content", "")) for e in events[:-1])
+        self.assertEqual(content, len(piece) * count)
+        self.assertEqual(events[-1], "[DONE]")
+        self.assertLess(most[0], 4 * 1024 * 1024)
