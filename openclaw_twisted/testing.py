@@ -203,6 +203,8 @@ class Reply:
     forever: bool = False
     #: End without ``data: [DONE]`` / ``message_stop`` (the body still ends cleanly).
     omit_end: bool = False
+    #: Answer with one JSON completion even when ``stream`` is true (as some servers do).
+    ignore_stream: bool = False
 
 
 @attrs.define
@@ -621,26 +623,30 @@ class FakeUpstream:
     def _answer(
         self, request: Request, received: Received, reply: Reply, api: str, body: Any
     ) -> None:
-        for k, v in reply.headers:
-            request.setHeader(k.encode("latin-1"), v.encode("latin-1"))
+        def headers(content_type: bytes) -> None:
+            request.setHeader(b"content-type", content_type)
+            # The scripted headers last: they may replace the content type.
+            for k, v in reply.headers:
+                request.setHeader(k.encode("latin-1"), v.encode("latin-1"))
+
         if reply.status >= 300 or reply.status < 200:
             request.setResponseCode(reply.status)
             if reply.retry_after is not None:
                 request.setHeader(b"retry-after", reply.retry_after.encode("latin-1"))
-            request.setHeader(b"content-type", b"application/json")
+            headers(b"application/json")
             request.write(_error_body(api, reply.status, reply.error_message))
             received.completed = True
             request.finish()
             return
         request.setResponseCode(reply.status)
-        if not body.get("stream"):
-            request.setHeader(b"content-type", b"application/json")
+        if not body.get("stream") or reply.ignore_stream:
+            headers(b"application/json")
             request.write(_complete_body(api, reply, body))
             received.completed = True
             request.finish()
             return
-        request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
         request.setHeader(b"cache-control", b"no-cache")
+        headers(b"text/event-stream; charset=utf-8")
         events: Iterator[tuple[bool, bytes]]
         if reply.raw is not None:
             events = ((False, chunk) for chunk in reply.raw)

@@ -7,7 +7,7 @@ from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.error import ConnectionRefusedError, DNSLookupError, TimeoutError
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol as TwistedProtocol
@@ -33,6 +33,8 @@ HIGH_WATER = 32
 LOW_WATER = 8
 #: The part of an error body read for its message.
 ERROR_BODY_CAP = 64 * 1024
+#: The largest whole (non-streamed) JSON answer accepted from a server that ignores ``stream``.
+JSON_BODY_CAP = 16 * 1024 * 1024
 #: After the stream's end marker, how long to wait for the body to end before closing it.
 END_GRACE = 2.0
 USER_AGENT = "openclaw-twisted"
@@ -49,6 +51,9 @@ class Decoder(Protocol):
 
     def end(self) -> list[ModelEvent]:
         """The body ended cleanly without the end marker: the last events, or raise."""
+
+    def complete(self, answer: Any) -> list[ModelEvent]:
+        """The events of a whole JSON answer (a server that ignored ``stream: true``)."""
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:
@@ -123,6 +128,7 @@ class _Collect(TwistedProtocol):
     def __init__(self, cap: int) -> None:
         self.cap = cap
         self.data = b""
+        self.truncated = False
         self.done: Deferred[bytes] = Deferred(lambda _: self._stop())
 
     def _stop(self) -> None:
@@ -133,8 +139,8 @@ class _Collect(TwistedProtocol):
         if self.done.called:
             return
         self.data += data
-        if len(self.data) >= self.cap:
-            self.data = self.data[: self.cap]
+        if len(self.data) > self.cap:
+            self.data, self.truncated = self.data[: self.cap], True
             self.done.callback(self.data)
             self._stop()
 
@@ -292,6 +298,20 @@ class HTTPModelStream:
         self._queue.finish()
 
 
+@implementer(IModelStream)
+class ListStream:
+    """The events of an answer that arrived whole."""
+
+    def __init__(self, events: list[ModelEvent]) -> None:
+        self._events = list(reversed(events))
+
+    def next(self) -> Deferred[ModelEvent | None]:
+        return succeed(self._events.pop() if self._events else None)
+
+    def cancel(self) -> None:
+        self._events.clear()
+
+
 def cancellable(
     start: Callable[[list[bool]], Coroutine[Any, Any, IModelStream]],
 ) -> Deferred[IModelStream]:
@@ -374,6 +394,9 @@ class HTTPProvider:
                 discard._stop()
                 raise CancelledError()
             if 200 <= response.code < 300:
+                kind = response.headers.getRawHeaders(b"content-type", [b""])[0]
+                if kind.lower().startswith(b"application/json"):
+                    return await self._whole(response, decoder)
                 return HTTPModelStream(response, decoder, self._clock, self._label, self._secrets)
             collect = _Collect(ERROR_BODY_CAP)
             response.deliverBody(collect)
@@ -391,6 +414,21 @@ class HTTPProvider:
             )
 
         return cancellable(start)
+
+    async def _whole(self, response: IResponse, decoder: Decoder) -> IModelStream:
+        # Some servers answer with one JSON completion whatever ``stream`` says.
+        collect = _Collect(JSON_BODY_CAP)
+        response.deliverBody(collect)
+        text = await collect.done
+        if collect.truncated:
+            raise ProviderError(
+                "upstream_error", f"{self._label} answered more than {JSON_BODY_CAP} bytes"
+            )
+        answer = loads(self._label, text.decode("utf-8", "replace"))
+        try:
+            return ListStream(decoder.complete(answer))
+        except ProviderError as e:
+            raise self._scrub(e) from None
 
     def _scrub(self, error: ProviderError) -> ProviderError:
         error.message = redact(error.message, self._secrets)

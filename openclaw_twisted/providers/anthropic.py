@@ -161,6 +161,25 @@ class MessageDecoder:
         self.done = True
         return [self._finish()]
 
+    def complete(self, answer: Any) -> list[ModelEvent]:
+        content = answer.get("content") if isinstance(answer, dict) else None
+        if not isinstance(content, list):
+            raise ProviderError(
+                "upstream_error", f"{self.label} answered JSON that is not a message"
+            )
+        text = "".join(
+            str(b.get("text") or "")
+            for b in content
+            if isinstance(b, dict) and b.get("type") == "text"
+        )
+        if answer.get("stop_reason") == "max_tokens":
+            self.stop = "length"
+        usage = answer.get("usage")
+        if isinstance(usage, dict):
+            self.input_tokens = _input_tokens(usage)
+            self.output_tokens = _count(usage.get("output_tokens"))
+        return [*([TextDelta(text)] if text else []), self._finish()]
+
 
 def _count(value: object) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0

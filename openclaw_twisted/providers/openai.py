@@ -104,11 +104,7 @@ class ChunkDecoder:
             reason = choice.get("finish_reason")
             if reason:
                 self.stop = "length" if reason == "length" else "stop"
-        usage = chunk.get("usage")
-        if isinstance(usage, dict):
-            self.usage = Usage(
-                _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
-            )
+        self._usage(chunk.get("usage"))
         return out
 
     def end(self) -> list[ModelEvent]:
@@ -119,6 +115,26 @@ class ChunkDecoder:
         # Some servers end the body without [DONE]; what arrived is the whole answer.
         self.done = True
         return [Finish(self.stop, self.usage)]
+
+    def complete(self, answer: Any) -> list[ModelEvent]:
+        choices = answer.get("choices") if isinstance(answer, dict) else None
+        choice = choices[0] if isinstance(choices, list) and choices else None
+        if not isinstance(choice, dict) or not isinstance(choice.get("message"), dict):
+            raise ProviderError(
+                "upstream_error", f"{self.label} answered JSON that is not a chat completion"
+            )
+        if choice.get("finish_reason") == "length":
+            self.stop = "length"
+        self._usage(answer.get("usage"))
+        content = choice["message"].get("content")
+        text = [TextDelta(content)] if isinstance(content, str) and content else []
+        return [*text, Finish(self.stop, self.usage)]
+
+    def _usage(self, usage: object) -> None:
+        if isinstance(usage, dict):
+            self.usage = Usage(
+                _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
+            )
 
 
 def _count(value: object) -> int:

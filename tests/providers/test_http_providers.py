@@ -237,6 +237,28 @@ class _ProviderTests:
         stream.cancel()
         await received.disconnected
 
+    async def test_server_ignoring_stream(self) -> None:
+        """A whole JSON answer (the server ignored ``stream``) is one delta and the finish."""
+        server = await self.upstream(
+            Reply(deltas=["Hel", "lo"], usage=Usage(4, 2), stop_reason="length", ignore_stream=True)
+        )
+        deltas, finish = await drain(await self.provider(server).open(REQUEST))
+        self.assertEqual((deltas, finish), (["Hello"], Finish("length", Usage(4, 2))))
+
+    async def test_json_that_is_no_answer(self) -> None:
+        json_type = (("content-type", "application/json"),)
+        server = await self.upstream(
+            Reply(raw=[b'{"object": "something else"}'], headers=json_type),
+            Reply(raw=[b"<html>"], headers=json_type),
+        )
+        provider = self.provider(server)
+        e = await self.error(provider.open(REQUEST))
+        self.assertEqual(e.kind, "upstream_error")
+        self.assertIn("answered JSON that is not", e.message)
+        e = await self.error(provider.open(REQUEST))
+        self.assertEqual(e.kind, "upstream_error")
+        self.assertIn("not JSON", e.message)
+
     async def test_sampling_and_images(self) -> None:
         server = await self.upstream()
         png = b"\x89PNG\r\n\x1a\n-fake"
