@@ -40,9 +40,31 @@ class RunError:
         return {"kind": self.kind, "message": self.message}
 
 
+class TextSoFar:
+    """
+    The answer up to one delta, joined only when someone asks.
+
+    Every ``assistant`` event carries the cumulative text; materialising it per event would
+    cost time and memory quadratic in the answer's length, so events share one list of
+    deltas and each remembers how many were in before it.
+    """
+
+    __slots__ = ("_count", "_parts", "_text")
+
+    def __init__(self, parts: list[str], count: int) -> None:
+        self._parts = parts
+        self._count = count
+        self._text: str | None = None
+
+    def __str__(self) -> str:
+        if self._text is None:
+            self._text = "".join(self._parts[: self._count])
+        return self._text
+
+
 @attrs.frozen
 class RunEvent:
-    """``{runId, seq, ts, sessionKey, stream, data}``; ``data`` is JSON-ready."""
+    """``{runId, seq, ts, sessionKey, stream, data}``; ``to_json()`` is JSON-ready."""
 
     run_id: str
     seq: int
@@ -50,19 +72,27 @@ class RunEvent:
     session_key: str
     stream: Stream
     data: dict[str, Any]
+    #: For ``assistant`` events: the cumulative answer (``data.text`` in ``to_json()``).
+    so_far: TextSoFar | None = attrs.field(default=None, eq=False, repr=False)
 
     @property
     def phase(self) -> str | None:
         return self.data.get("phase") if self.stream == "lifecycle" else None
 
+    @property
+    def text(self) -> str:
+        """The answer so far (``assistant`` events); empty for other events."""
+        return str(self.so_far) if self.so_far is not None else ""
+
     def to_json(self) -> dict[str, Any]:
+        data = self.data if self.so_far is None else {**self.data, "text": self.text}
         return {
             "runId": self.run_id,
             "seq": self.seq,
             "ts": self.ts,
             "sessionKey": self.session_key,
             "stream": self.stream,
-            "data": self.data,
+            "data": data,
         }
 
 

@@ -21,7 +21,7 @@ from ..providers.interface import (
     Usage,
 )
 from ..providers.registry import Providers
-from .events import RunError, RunEvent, RunRequest, RunResult, Stream
+from .events import RunError, RunEvent, RunRequest, RunResult, Stream, TextSoFar
 from .roster import Agent, Roster, system_prompt
 from .store import ISessionStore
 
@@ -124,9 +124,13 @@ class Run:
     def _now_ms(self) -> int:
         return int(self._clock.seconds() * 1000)
 
-    def _emit(self, stream: Stream, data: dict[str, Any]) -> RunEvent:
+    def _emit(
+        self, stream: Stream, data: dict[str, Any], so_far: TextSoFar | None = None
+    ) -> RunEvent:
         self._seq += 1
-        event = RunEvent(self.run_id, self._seq, self._now_ms(), self.session_key, stream, data)
+        event = RunEvent(
+            self.run_id, self._seq, self._now_ms(), self.session_key, stream, data, so_far
+        )
         self._events.put(event)
         if self._observe is not None:
             self._observe(self, event)
@@ -257,7 +261,7 @@ class AgentRunner:
                     if not event.text:
                         continue
                     text.append(event.text)
-                    run._emit("assistant", {"delta": event.text, "text": "".join(text)})
+                    run._emit("assistant", {"delta": event.text}, TextSoFar(text, len(text)))
                     await run._wait(run._events.room())
                 elif isinstance(event, Finish):
                     stop, usage = event.stop_reason, event.usage

@@ -184,7 +184,7 @@ def chat_event(event: RunEvent, text_so_far: str) -> dict[str, Any] | None:
     }
     data = event.data
     if event.stream == "assistant":
-        message = chat_message("assistant", data["text"], event.ts)
+        message = chat_message("assistant", event.text, event.ts)
         return {**base, "state": "delta", "delta": data["delta"], "message": message}
     phase = event.phase
     if phase == "end":

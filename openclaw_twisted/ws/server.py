@@ -494,7 +494,7 @@ class GatewayWebSocket(WebSocketServerProtocol):
 
         def send(event: RunEvent) -> None:
             if event.stream == "assistant":
-                so_far[0] = event.data["text"]
+                so_far[0] = event.text
             payload = methods.chat_event(event, so_far[0])
             if payload is not None:
                 self.send_event("chat", payload)

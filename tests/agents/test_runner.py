@@ -7,7 +7,7 @@ from typing import Any
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from openclaw_twisted.agents.events import RunEvent, RunRequest
+from openclaw_twisted.agents.events import RunEvent, RunRequest, TextSoFar
 from openclaw_twisted.agents.roster import Roster
 from openclaw_twisted.agents.runner import AgentRunner, Run, UnknownAgent
 from openclaw_twisted.agents.sessions import DiskSessionStore
@@ -62,7 +62,8 @@ class EventTests(SynchronousTestCase):
             [e.data["delta"] for e in events if e.stream == "assistant"],
             ["Hello", " from", " the", " script."],
         )
-        self.assertEqual(events[-2].data["text"], "Hello from the script.")
+        self.assertEqual(events[-2].text, "Hello from the script.")
+        self.assertEqual(events[-2].to_json()["data"]["text"], "Hello from the script.")
         self.assertEqual(
             events[-1].data,
             {"phase": "end", "stopReason": "stop", "usage": {"input": 7, "output": 4, "total": 11}},
@@ -409,3 +410,13 @@ class BrokenStoreTests(SynchronousTestCase):
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
         self.assertEqual(h.runner._lanes, {})
         self.assertEqual(h.runner.active, {})
+
+
+class CumulativeTextTests(SynchronousTestCase):
+    def test_each_event_sees_the_text_up_to_itself_without_copying_it(self) -> None:
+
+        parts = ["a", "b"]
+        first, second = TextSoFar(parts, 1), TextSoFar(parts, 2)
+        parts.append("c")
+        self.assertEqual((str(first), str(second)), ("a", "ab"))
+        self.assertEqual(str(TextSoFar(parts, 3)), "abc")

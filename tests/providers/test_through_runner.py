@@ -70,7 +70,7 @@ class RunnerTests(TestCase):
         self.assertEqual(events[0].data["phase"], "start")
         self.assertEqual(events[0].data["model"], "up/m1")
         self.assertEqual(
-            [e.data for e in events[1:3]],
+            [e.to_json()["data"] for e in events[1:3]],
             [{"delta": "Hi", "text": "Hi"}, {"delta": " there", "text": "Hi there"}],
         )
         self.assertEqual(
