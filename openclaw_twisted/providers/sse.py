@@ -37,6 +37,8 @@ class SSEParser:
         self._max_line = max_line
         self._max_event = max_event
         self._buf = b""
+        self._parts: list[bytes] = []
+        self._pending = 0
         self._skip_lf = False
         self._first = True
         self._data: list[str] = []
@@ -47,6 +49,17 @@ class SSEParser:
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         """The events completed by ``chunk``; raises L{SSEError} on an oversize line."""
         events: list[SSEEvent] = []
+        if self._buf and b"\n" not in chunk and b"\r" not in chunk:
+            # Still inside one line: collect the pieces without re-copying the line each time
+            # (an upstream trickling a long line byte by byte would cost quadratic time).
+            self._parts.append(chunk)
+            self._pending += len(chunk)
+            if self._pending > self._max_line:
+                raise SSEError(f"event stream line longer than {self._max_line} bytes")
+            return events
+        if self._parts:
+            self._buf = b"".join([self._buf, *self._parts])
+            self._parts, self._pending = [], 0
         buf = self._buf + chunk if self._buf else chunk
         start = 0
         if self._skip_lf and buf[:1] == b"\n":
@@ -74,6 +87,7 @@ class SSEParser:
             if event is not None:
                 events.append(event)
         self._buf = buf[start:]
+        self._pending = len(self._buf)
         if len(self._buf) > self._max_line:
             raise SSEError(f"event stream line longer than {self._max_line} bytes")
         return events

@@ -101,3 +101,18 @@ class SSEParserTests(SynchronousTestCase):
     def test_line_at_cap_is_fine(self) -> None:
         line = b"data: " + b"y" * 94
         self.assertEqual(SSEParser(max_line=100).feed(line + b"\n\n"), [SSEEvent("y" * 94)])
+
+    def test_trickled_long_line(self) -> None:
+        """A long line arriving a byte at a time is collected, not re-copied per byte."""
+        parser = SSEParser(max_line=300_000)
+        line = b"data: " + b"x" * 200_000
+        for i in range(len(line)):
+            self.assertEqual(parser.feed(line[i : i + 1]), [])
+        self.assertEqual(parser.feed(b"\n\n"), [SSEEvent("x" * 200_000)])
+
+    def test_trickled_oversize_line(self) -> None:
+        parser = SSEParser(max_line=100)
+        parser.feed(b"data: ")
+        with self.assertRaises(SSEError):
+            for _ in range(200):
+                parser.feed(b"x")
