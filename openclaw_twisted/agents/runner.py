@@ -29,6 +29,10 @@ log = Logger()
 
 #: How many events may wait for a slow consumer before the run stops pulling from the model.
 EVENT_BUFFER = 16
+#: The longest answer a run takes from a model, in characters (32 Mi: far beyond any model's
+#: output limit).  A provider that streams without end is cut here as if ``max_tokens``
+#: was reached (stopReason ``length``), or by the run timeout, whichever comes first.
+MAX_ANSWER_CHARS = 32 * 1024 * 1024
 
 CancelReason = Literal["aborted", "agent_timeout", "shutdown"]
 T = TypeVar("T")
@@ -226,6 +230,7 @@ class AgentRunner:
         """One turn, holding its session's lane: model, events, transcript, final event."""
         req, agent = run.request, run.agent
         text: list[str] = []
+        size = 0
         usage, stop = Usage(), "stop"
         stream: IModelStream | None = None
         timer: IDelayedCall | None = None
@@ -258,11 +263,16 @@ class AgentRunner:
                 if event is None:
                     break
                 if isinstance(event, TextDelta):
-                    if not event.text:
-                        continue
-                    text.append(event.text)
-                    run._emit("assistant", {"delta": event.text}, TextSoFar(text, len(text)))
-                    await run._wait(run._events.room())
+                    delta = event.text[: MAX_ANSWER_CHARS - size]
+                    if delta:
+                        text.append(delta)
+                        size += len(delta)
+                        run._emit("assistant", {"delta": delta}, TextSoFar(text, len(text)))
+                    if size >= MAX_ANSWER_CHARS:
+                        stop = "length"
+                        break
+                    if delta:
+                        await run._wait(run._events.room())
                 elif isinstance(event, Finish):
                     stop, usage = event.stop_reason, event.usage
         except CancelledError:
