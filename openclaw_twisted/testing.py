@@ -217,7 +217,8 @@ class Received:
     body: bytes
     #: Fires when the TCP connection that carried this request is closed (by either side).
     disconnected: Deferred[None]
-    #: How many events the server wrote for this request, and whether it finished the body.
+    #: Whether the status line went out, how many events were written, whether the body ended.
+    answered: bool = False
     chunks_sent: int = 0
     completed: bool = False
 
@@ -623,6 +624,8 @@ class FakeUpstream:
     def _answer(
         self, request: Request, received: Received, reply: Reply, api: str, body: Any
     ) -> None:
+        received.answered = True
+
         def headers(content_type: bytes) -> None:
             request.setHeader(b"content-type", content_type)
             # The scripted headers last: they may replace the content type.

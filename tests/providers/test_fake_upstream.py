@@ -7,6 +7,7 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 from twisted.web.client import ResponseFailed
 
@@ -103,6 +104,7 @@ class FakeUpstreamTests(TestCase):
         )
         received = await server.request(0)
         self.assertFalse(received.closed)
+        self.assertFalse(received.answered)
         d.cancel()
         await received.disconnected
         self.assertTrue(received.closed)
@@ -122,3 +124,25 @@ class FakeUpstreamTests(TestCase):
         # The client sees the cut body.
         with self.assertRaises(ResponseFailed):
             await response.content()
+
+    async def test_accept_delay_on_a_clock(self) -> None:
+        clock = Clock()
+        server = await FakeUpstream.start(reactor, clock)
+        self.addCleanup(server.stop)
+        server.script(Reply(accept_delay=5, deltas=["z"]))
+        http = http_client(self)
+        d = http.post(
+            server.base_url + "/v1/chat/completions", json={"stream": True}, unbuffered=True
+        )
+        received = await server.request(0)
+        clock.advance(4.9)
+        self.assertFalse(received.answered)
+        clock.advance(0.1)
+        self.assertTrue(received.answered)
+        response = await d
+        self.assertEqual(response.code, 200)
+        body = response.content()
+        while not server.requests[0].completed:
+            clock.advance(0)
+        got = events(await body)
+        self.assertEqual(got[1][1]["choices"][0]["delta"], {"content": "z"})
