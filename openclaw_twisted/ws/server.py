@@ -203,10 +203,22 @@ class GatewayWebSocket(WebSocketServerProtocol):
 
     def send_event(self, event: str, payload: dict[str, Any]) -> None:
         """An event with this connection's next ``seq``."""
+        self.send_encoded_event(event, dumps(payload))
+
+    def send_encoded_event(self, event: str, payload: bytes) -> None:
+        """``send_event`` with the payload already JSON: a broadcast encodes it only once."""
         if self.outbox is None or self.outbox.closed:
             return
         self._seq += 1
-        self._send_frame({"type": "event", "event": event, "payload": payload, "seq": self._seq})
+        data = b'{"type":"event","event":%s,"payload":%s,"seq":%d}' % (
+            dumps(event),
+            payload,
+            self._seq,
+        )
+        if len(data) > self.factory.max_payload:
+            log.warn("dropping an oversized {event} event", event=event)
+            return
+        self.outbox.send(data)
 
     def reply(self, req_id: Any, payload: dict[str, Any]) -> None:
         self._send_frame({"type": "res", "id": req_id, "ok": True, "payload": payload})
@@ -615,11 +627,11 @@ class GatewayWebSocketFactory(WebSocketServerFactory):
 
     def _broadcast(self, run: Run, event: RunEvent) -> None:
         """Every run's events go to every other authenticated client (best effort, bounded)."""
-        payload: dict[str, Any] | None = None
+        payload: bytes | None = None
         for conn in list(self.connections):
             if conn.authenticated and run.run_id not in conn._own:
-                payload = payload or event.to_json()
-                conn.send_event("agent", payload)
+                payload = payload or dumps(event.to_json())
+                conn.send_encoded_event("agent", payload)
 
     def shutdown(self) -> None:
         """Tell every connected client the gateway is going away."""
