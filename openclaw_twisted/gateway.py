@@ -29,6 +29,8 @@ log = Logger()
 
 #: How long in-flight runs may take to finish when the gateway stops (CONTRACT §2).
 DEFAULT_GRACE_SECONDS = 10.0
+#: After the grace period, how long responses in flight may take to be written out.
+DRAIN_SECONDS = 5.0
 
 
 def http_client(reactor: Any) -> treq.client.HTTPClient:
@@ -71,6 +73,7 @@ class Gateway:
         self._http_app = GatewayHTTP(self)
         self._ws_factory: GatewayWebSocketFactory | None = None
         self._root: IResource | None = None
+        self._sites: list[GatewaySite] = []
 
     def client_ip(self, request: IRequest) -> str:
         """The client's IP (the forwarded one behind a trusted proxy)."""
@@ -89,7 +92,9 @@ class Gateway:
 
     def site(self) -> GatewaySite:
         """A ``Site`` serving ``resource()`` (without a per-request access log)."""
-        return GatewaySite(self.resource(), gate=self._http_app.body_gate, reactor=self.reactor)
+        site = GatewaySite(self.resource(), gate=self._http_app.body_gate, reactor=self.reactor)
+        self._sites.append(site)
+        return site
 
     def service(
         self, endpoint: IStreamServerEndpoint, grace: float = DEFAULT_GRACE_SECONDS
@@ -104,6 +109,10 @@ class Gateway:
             self._ws_factory.shutdown()
         await self.runner.shutdown(grace)
         self.store.flush()
+        # Every response in flight (SSE streams ending with their error frame) is written
+        # out before the reactor may stop and cut the connections.
+        for site in self._sites:
+            await site.drain(DRAIN_SECONDS)
         pool = getattr(getattr(self.http, "_agent", None), "_pool", None)
         if pool is not None:
             await pool.closeCachedConnections()

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
@@ -169,7 +170,26 @@ class GatewayChannel(HTTPChannel):
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        self._closed: Deferred[None] = Deferred()
+        self.site.channels.add(self)  # type: ignore[attr-defined]
         self._arm_header_deadline()
+
+    def close_when_done(self) -> Deferred[None] | None:
+        """
+        Close once the response in flight (if any) has been written; a Deferred that fires
+        when the connection is closed, or ``None`` if another protocol owns it (WebSocket).
+        """
+        if self.transport is None:
+            return None
+        self.persistent = False
+        if not self.requests:
+            self.loseConnection()  # an idle keep-alive connection
+        return self._closed
+
+    def abort(self) -> None:
+        transport: Any = self.transport
+        if transport is not None:
+            transport.abortConnection()
 
     def dataReceived(self, data: bytes) -> None:
         if self._header_deadline is not None:
@@ -281,6 +301,9 @@ class GatewayChannel(HTTPChannel):
         self._linger = reactor.callLater(LINGER_SECONDS, transport.abortConnection)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.site.channels.discard(self)  # type: ignore[attr-defined]
+        if not self._closed.called:
+            self._closed.callback(None)
         self._disarm_header_deadline()
         if self._linger is not None and self._linger.active():
             self._linger.cancel()
@@ -308,6 +331,29 @@ class GatewaySite(Site):
         # parser over every POST's Content-Type (about 15% of a chat completion's CPU).
         super().__init__(resource, reactor=reactor, parsePOSTFormSubmission=False)
         self.gate = gate
+        #: The open HTTP connections (not those a WebSocket took over).
+        self.channels: set[GatewayChannel] = set()
+
+    async def drain(self, timeout: float) -> None:
+        """
+        Close every connection once its response in flight is written (an SSE stream that
+        just got its last frame, say); abort what is still open after ``timeout`` seconds.
+        Without this, stopping the reactor would cut responses whose last bytes were not
+        yet sent.
+        """
+        closing = [d for d in (c.close_when_done() for c in list(self.channels)) if d]
+        if not closing:
+            return
+
+        def abort() -> None:
+            for channel in list(self.channels):
+                channel.abort()
+
+        clock: IReactorTime = self.reactor
+        timer = clock.callLater(timeout, abort)
+        await DeferredList(closing)
+        if timer.active():
+            timer.cancel()
 
     def log(self, request: Any) -> None:
         pass
