@@ -21,6 +21,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -290,14 +291,14 @@ class Bench:
                     self.latency(provider, gw)
                 stateless = self.throughput(provider, floor, gw)
                 if profile:
-                    self.profile(gw, "2")
+                    self.profile_closed_loop(gw, "2")
             finally:
                 gw.stop()
                 floor.stop()
             if "3" in scenarios:
                 self.sessions(provider, stateless, profile)
         if "4" in scenarios:
-            self.fan_out(provider)
+            self.fan_out(provider, profile)
         if "5" in scenarios:
             self.slow_reader(provider)
         if not self.ready_times:
@@ -363,7 +364,7 @@ class Bench:
                 "3 gateway", [provider, gw], lambda: self.closed_loop(gw.port, 32, user="client")
             )
             if profile:
-                self.profile(gw, "3", user="client")
+                self.profile_closed_loop(gw, "3", user="client")
         finally:
             gw.stop()
         ratio = via["rps"] / stateless["rps"]
@@ -376,7 +377,7 @@ class Bench:
         )
         self.check_errors("3", via)
 
-    def fan_out(self, provider: Proc) -> None:
+    def fan_out(self, provider: Proc, profile: bool) -> None:
         m = self.mode
         body = {"model": "tick", "stream": True, "messages": FAST["messages"]}
         opts = self.client_options(provider.port, body, "", streams=m.streams, chunks=m.chunks)
@@ -390,6 +391,9 @@ class Bench:
                 via = self.measure(
                     "4 gateway", [provider, gw], lambda: self.client("streams", opts)
                 )
+            if profile:
+                seconds = m.streams / m.ramp + m.chunks / 20
+                self.profile(gw, "4", seconds, lambda: self.client("streams", opts))
         finally:
             gw.stop()
         ok = via["results"].get("ok", 0)
@@ -439,24 +443,30 @@ class Bench:
             growth <= 8 * MIB and complete,
         )
 
-    def profile(self, gw: Proc, label: str, user: str = "") -> None:
+    def profile(self, gw: Proc, label: str, seconds: float, run: Callable[[], object]) -> None:
+        """py-spy on the gateway for ``seconds`` while ``run()`` loads it (a separate pass)."""
         spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
         if not os.path.exists(spy):
             self.notes.append("profile: py-spy is not installed (pip install py-spy)")
             return
         raw = self.out / f"profile-gateway-{label}.txt"
-        seconds = max(2, int(self.mode.seconds))
-        argv = [spy, "record", "-p", str(gw.pid), "-d", str(seconds), "-r", "250"]
+        argv = [spy, "record", "-p", str(gw.pid), "-d", str(max(1, round(seconds))), "-r", "250"]
         argv += ["-f", "raw", "--nonblocking", "-o", str(raw)]
         spying = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(0.5)
-        self._closed_loop(gw.port, 32, seconds, user, TOKEN)
+        time.sleep(0.5)  # py-spy attaches
+        run()
         spying.wait()
         if raw.exists():
             self.notes.append(f"profile of the gateway under scenario {label} ({raw}):")
             self.notes.extend("  " + line for line in summarize(raw.read_text()))
         else:
             self.notes.append("profile: py-spy recorded nothing (ptrace not permitted?)")
+
+    def profile_closed_loop(self, gw: Proc, label: str, user: str = "") -> None:
+        seconds = max(2.0, self.mode.seconds)
+        self.profile(
+            gw, label, seconds, lambda: self._closed_loop(gw.port, 32, seconds, user, TOKEN)
+        )
 
     def check_errors(self, label: str, result: dict[str, float]) -> None:
         if result["errors"]:
@@ -546,9 +556,11 @@ def machine(wrk: str | None) -> list[str]:
     import twisted
 
     loadgen = "wrk " + _wrk_version(wrk) if wrk else "python -m bench.client load (no wrk)"
+    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     return [
         f"machine: {os.cpu_count()} CPUs, {cpu.group(1) if cpu else '?'}, "
-        f"{int(mem.group(1)) / MIB if mem else 0:.1f} GiB RAM, {platform.platform()}",
+        f"{int(mem.group(1)) / MIB if mem else 0:.1f} GiB RAM, {platform.platform()}, "
+        f"load average {load} at start",
         f"software: Python {platform.python_version()}, Twisted {twisted.__version__}; "
         f"load generator: {loadgen}",
     ]
@@ -601,6 +613,8 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.write("\n".join(header) + "\n")
     sys.stdout.flush()
     bench.run(set(options.only), options.profile)
+    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    bench.notes.append(f"load average {load} at the end (other processes share these CPUs)")
     sys.stdout.write("\n".join(["", *table(bench.rows), "", *bench.notes]) + "\n")
     (out / "results.json").write_text(json.dumps({"header": header, "rows": bench.rows}, indent=1))
     return 0
