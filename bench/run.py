@@ -204,6 +204,9 @@ class Bench:
         argv = self.python("-m", "openclaw_twisted.cli", "gateway", "--config", str(path))
         gw = Proc(f"gateway-{self.gateways}", [*argv, "--port", "0"], self.out, LISTENING, env)
         while get(gw.port, "/readyz") != 200:
+            if time.monotonic() - gw.started > 30:
+                gw.stop()
+                raise SystemExit(f"bench: {gw.name} never became ready, see {self.out}")
             time.sleep(0.005)
         self.ready_times.append(time.monotonic() - gw.started)
         time.sleep(self.mode.settle)
@@ -290,16 +293,25 @@ class Bench:
 
     def run(self, scenarios: set[str], profile: bool) -> None:
         provider = self.provider = self.start_provider()
+        try:
+            self.scenarios(provider, scenarios, profile)
+        finally:
+            provider.stop()
+
+    def scenarios(self, provider: Proc, scenarios: set[str], profile: bool) -> None:
         if scenarios & {"1", "2", "3"}:
-            floor, gw = self.start_floor(provider), self.start_gateway(provider)
+            floor = self.start_floor(provider)
             try:
-                if "1" in scenarios:
-                    self.latency(provider, gw)
-                stateless = self.throughput(provider, floor, gw)
-                if profile:
-                    self.profile_closed_loop(gw, "2")
+                gw = self.start_gateway(provider)
+                try:
+                    if "1" in scenarios:
+                        self.latency(provider, gw)
+                    stateless = self.throughput(provider, floor, gw)
+                    if profile:
+                        self.profile_closed_loop(gw, "2")
+                finally:
+                    gw.stop()
             finally:
-                gw.stop()
                 floor.stop()
             if "3" in scenarios:
                 self.sessions(provider, stateless, profile)
@@ -309,7 +321,6 @@ class Bench:
             self.slow_reader(provider)
         if not self.ready_times:
             self.start_gateway(provider).stop()
-        provider.stop()
         idle, ready = statistics.median(self.idle), statistics.median(self.ready_times)
         of = f"of {len(self.ready_times)} starts"
         self.row(
