@@ -164,6 +164,7 @@ class GatewayChannel(HTTPChannel):
     """
 
     draining = False
+    _closing = False
     _linger: IDelayedCall | None = None
     _header_deadline: IDelayedCall | None = None
     _header_bytes = 0
@@ -289,6 +290,9 @@ class GatewayChannel(HTTPChannel):
         if not self.draining or self.transport is None:
             super().loseConnection()
             return
+        if self._closing:  # once is enough (an idle timeout may come after an early answer)
+            return
+        self._closing = True
         # Half-close: the answer and a FIN go out; unread bytes are drained until the client
         # closes too, or the linger time is up.
         transport: Any = self.transport
