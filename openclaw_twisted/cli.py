@@ -79,7 +79,7 @@ async def agent_local(
     environ: Mapping[str, str] = os.environ,
 ) -> int:
     """One turn in this process (the gateway's own runner and disk sessions, no port)."""
-    from .agents.events import RunRequest
+    from .agents.events import RunRequest, RunResult
     from .agents.roster import agent_from_session_key, main_session_key
     from .config import ConfigError, load_config, normalize_agent_id
     from .gateway import Gateway
@@ -102,8 +102,14 @@ async def agent_local(
         run = gateway.runner.start(
             RunRequest(agent_id, key or main_session_key(agent_id), options["message"])
         )
-        # Ctrl-C: the turn is cancelled and kept in the transcript as aborted.
-        trigger = reactor.addSystemEventTrigger("before", "shutdown", run.cancel)
+
+        # Ctrl-C: the turn is cancelled and kept in the transcript as aborted; the reactor
+        # stops once it has ended (its transcript is written on the reactor's thread pool).
+        def interrupted() -> Deferred[RunResult]:
+            run.cancel()
+            return run.wait()
+
+        trigger = reactor.addSystemEventTrigger("before", "shutdown", interrupted)
         wrote = False
         while (event := await run.next_event()) is not None:
             if event.stream == "assistant":

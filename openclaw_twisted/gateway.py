@@ -7,7 +7,12 @@ from typing import Any
 import treq
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
-from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IReactorFromThreads,
+    IReactorThreads,
+    IStreamServerEndpoint,
+)
 from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.iweb import IRequest
@@ -66,8 +71,14 @@ class Gateway:
         self.client_address = ClientAddress.from_config(config.gateway.trusted_proxies)
         self.roster = Roster.from_config(config)
         self.providers = providers or Providers.from_config(config, self.http, reactor)
-        # Sessions live under the state dir unless a store is injected (tests, embedding).
-        self.store = store if store is not None else DiskSessionStore(config.state_dir)
+        # Sessions live under the state dir unless a store is injected (tests, embedding);
+        # their fsyncs run on the reactor's thread pool when it has one.
+        threads = IReactorThreads.providedBy(reactor) and IReactorFromThreads.providedBy(reactor)
+        self.store = (
+            store
+            if store is not None
+            else DiskSessionStore(config.state_dir, reactor=reactor if threads else None)
+        )
         self.runner = AgentRunner(self.roster, self.providers, self.store, reactor)
         self.ready = True
         self._http_app = GatewayHTTP(self)
@@ -108,7 +119,7 @@ class Gateway:
         if self._ws_factory is not None:
             self._ws_factory.shutdown()
         await self.runner.shutdown(grace)
-        self.store.flush()
+        await maybeDeferred(self.store.flush)
         # Every response in flight (SSE streams ending with their error frame) is written
         # out before the reactor may stop and cut the connections.
         for site in self._sites:

@@ -6,7 +6,14 @@ import uuid
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
-from twisted.internet.defer import CancelledError, Deferred, DeferredLock, ensureDeferred, succeed
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    DeferredLock,
+    ensureDeferred,
+    maybeDeferred,
+    succeed,
+)
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
@@ -294,14 +301,17 @@ class AgentRunner:
         # turn (SSE [DONE], WS final, CLI exit) can rely on it being on disk.
         try:
             if req.persist and (run.started or stop == "aborted"):
-                self._record(run, "".join(text), usage, stop, started_ms)
+                # Not cancellable: the turn is over and its records are on their way to disk.
+                await maybeDeferred(self._record, run, "".join(text), usage, stop, started_ms)
         except Exception:
             log.failure("could not write the transcript of run {run_id}", run_id=run.run_id)
             error = error or RunError("internal_error", "Internal error.")
             stop = "error"
         self._end(run, "".join(text), usage, stop, error)
 
-    def _record(self, run: Run, text: str, usage: Usage, stop: str, started_ms: int) -> None:
+    def _record(
+        self, run: Run, text: str, usage: Usage, stop: str, started_ms: int
+    ) -> Deferred[None] | None:
         req = run.request
         user: dict[str, Any] = {
             "type": "message",
@@ -321,7 +331,7 @@ class AgentRunner:
             "usage": usage.to_json(),
             "stopReason": stop,
         }
-        self.store.append(run.agent.id, req.session_key, [user, assistant])
+        return self.store.append(run.agent.id, req.session_key, [user, assistant])
 
     def _end(self, run: Run, text: str, usage: Usage, stop: str, error: RunError | None) -> None:
         if run.result is not None:

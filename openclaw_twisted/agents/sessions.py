@@ -12,7 +12,10 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.interfaces import IReactorFromThreads, IReactorThreads
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ..config import normalize_agent_id
@@ -33,6 +36,92 @@ CACHE_BYTES = 64 * 1024 * 1024
 #: ``updatedAt`` alone is rewritten at most this often per agent (a new session is written
 #: at once). A crash loses nothing: on load, ``updatedAt`` is raised to the transcript's mtime.
 INDEX_REFRESH_SECONDS = 1.0
+#: At most this many files are written (and fsynced) at once on the reactor's thread pool,
+#: so session writes never take every pool thread (DNS lookups use it too).
+WRITERS = 4
+
+
+class _Writer:
+    """
+    Group commit: writes run one at a time per file, off the caller's thread; what is queued
+    for a file while its write + fsync is in flight goes to disk together in the next one.
+
+    ``take(key)`` (called on the reactor thread when a write for ``key`` may start) returns
+    the blocking job and the Deferreds it settles; the job runs on the reactor's thread pool,
+    its Deferreds fire on the reactor thread. Without a reactor every job runs at once, on the
+    caller's thread (tests, ``agent --local`` crash tests, embedding).
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        take: Callable[[str], tuple[Callable[[], Any], list[Deferred[Any]]]],
+        limit: int = WRITERS,
+    ) -> None:
+        self._reactor = reactor
+        self._take = take
+        self._limit = limit
+        self._queued: OrderedDict[str, None] = OrderedDict()
+        self._busy: set[str] = set()
+        self._idle: list[Deferred[None]] = []
+
+    @property
+    def threaded(self) -> bool:
+        return self._reactor is not None
+
+    def busy(self, key: str) -> bool:
+        return key in self._busy or key in self._queued
+
+    def dirty(self, key: str) -> None:
+        """``key`` has something to write: start a job for it now or after the one in flight."""
+        if self._reactor is None:
+            job, waiters = self._take(key)
+            result = job()  # errors propagate to the caller in synchronous mode
+            for d in waiters:
+                d.callback(result)
+            return
+        self._queued[key] = None
+        self._pump()
+
+    def idle(self) -> Deferred[None]:
+        """Fires once nothing is queued or being written."""
+        if not self._queued and not self._busy:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._idle.append(d)
+        return d
+
+    def _pump(self) -> None:
+        for key in list(self._queued):
+            if len(self._busy) >= self._limit:
+                break
+            if key in self._busy:
+                continue
+            del self._queued[key]
+            job, waiters = self._take(key)
+            self._busy.add(key)
+            self._reactor.callInThread(self._work, key, job, waiters)
+
+    def _work(self, key: str, job: Callable[[], Any], waiters: list[Deferred[Any]]) -> None:
+        # On a pool thread: only the blocking I/O; every state change is on the reactor thread.
+        try:
+            outcome: Any = job()
+        except BaseException:
+            outcome = Failure()
+        self._reactor.callFromThread(self._done, key, waiters, outcome)
+
+    def _done(self, key: str, waiters: list[Deferred[Any]], outcome: Any) -> None:
+        self._busy.discard(key)
+        for d in waiters:
+            if isinstance(outcome, Failure):
+                d.errback(outcome)
+            else:
+                d.callback(outcome)
+        self._pump()
+        if not self._queued and not self._busy:
+            idle, self._idle = self._idle, []
+            for d in idle:
+                d.callback(None)
 
 
 @attrs.define
@@ -79,11 +168,19 @@ class DiskSessionStore:
     ``<stateDir>/agents/<agentId>/sessions/``: ``sessions.json`` maps each session key to
     ``{sessionId, updatedAt}``, and ``<sessionId>.jsonl`` is the transcript.
 
-    Appends are fsynced before ``append`` returns. Session keys are never file names and agent
-    ids are normalised (``[a-z0-9_-]``), so neither can leave the state dir. The newest records
-    of recent transcripts stay parsed in memory (bounded by ``cache_bytes``); a transcript is
-    read again only for what the cache does not hold or what another process appended.
-    Everything runs on the caller's thread: an append + fsync costs about 0.3 ms.
+    Session keys are never file names and agent ids are normalised (``[a-z0-9_-]``), so
+    neither can leave the state dir. The newest records of recent transcripts stay parsed in
+    memory (bounded by ``cache_bytes``); a transcript is read again only for what the cache
+    does not hold or what another process appended.
+
+    Without a ``reactor`` everything runs on the caller's thread and ``append`` returns once
+    the records are fsynced (about 0.3 ms each). With one (the gateway), the write + fsync of
+    transcripts and indexes run on its thread pool (``callInThread``; at most ``WRITERS``
+    files at once) and ``append`` returns a Deferred that fires once the records are durable;
+    appends to a file that arrive while it is being fsynced share the next write + fsync
+    (group commit; order within a file is kept). The cache is updated at once, so reads see
+    an append before it is durable; ``flush()`` then returns a Deferred that fires once every
+    write queued before it is on disk.
     """
 
     def __init__(
@@ -93,8 +190,16 @@ class DiskSessionStore:
         now: Callable[[], float] = time.time,
         cache_bytes: int = CACHE_BYTES,
         cache_bytes_per_session: int = CACHE_BYTES_PER_SESSION,
+        reactor: IReactorThreads | None = None,
     ) -> None:
+        if reactor is not None and not IReactorFromThreads.providedBy(reactor):
+            raise TypeError("the reactor must provide IReactorThreads and IReactorFromThreads")
         self.root = os.path.join(os.path.abspath(state_dir), "agents")
+        self._writer = _Writer(reactor, self._take)
+        #: Per transcript path: data not yet handed to a write, and who waits for it.
+        self._pending: dict[str, tuple[list[bytes], list[Deferred[Any]]]] = {}
+        #: Per index dir: who waits for the next write of that index.
+        self._index_waiters: dict[str, list[Deferred[Any]]] = {}
         self._now = now
         self._cache_bytes = cache_bytes
         self._session_bytes = cache_bytes_per_session
@@ -128,7 +233,13 @@ class DiskSessionStore:
         ]
         return sorted(rows, key=lambda r: -r["updatedAt"])
 
-    def append(self, agent_id: str, session_key: str, records: list[dict[str, Any]]) -> None:
+    def append(
+        self, agent_id: str, session_key: str, records: list[dict[str, Any]]
+    ) -> Deferred[None] | None:
+        """
+        Append ``records``; durable when this returns (no reactor) or when the returned
+        Deferred fires (with a reactor: see the class docstring).
+        """
         index = self._index(agent_id)
         entry = index.entries.get(session_key)
         created = entry is None
@@ -154,7 +265,7 @@ class DiskSessionStore:
             # A crash tore the last line: start on a fresh line so the fragment stays one
             # unreadable line (skipped on load) instead of swallowing this turn's first record.
             data = b"\n" + data
-        _append(path, data)
+        durable = self._write(path, data)
         self._cached_bytes -= t.held
         for record, line in zip(records, lines, strict=True):
             t.add(record, len(line))
@@ -163,14 +274,64 @@ class DiskSessionStore:
         entry["updatedAt"] = max([now_ms, *(int(r.get("ts") or 0) for r in records)])
         index.entries[session_key] = entry
         index.dirty = True
+        waits = [durable]
         if created or self._now() - index.written_at >= INDEX_REFRESH_SECONDS:
-            self._write_index(index)
+            # A new session's index entry is durable with its first turn (its transcript's
+            # header would let a lost index be rebuilt, but nothing needs to be).
+            written = self._write_index(index)
+            if created:
+                waits.append(written)
+            else:
+                written.addErrback(lambda f: log.failure("could not write a session index", f))
+        if not self._writer.threaded:
+            return None
+        if len(waits) == 1:
+            return waits[0].addCallback(lambda _: None)
+        return DeferredList(waits, fireOnOneErrback=True, consumeErrors=True).addCallbacks(
+            lambda _: None, lambda f: f.value.subFailure
+        )
 
-    def flush(self) -> None:
-        """Write every index that has unwritten ``updatedAt`` changes."""
+    def flush(self) -> Deferred[None] | None:
+        """
+        Write every index that has unwritten ``updatedAt`` changes; with a reactor, the
+        Deferred fires once those and every write queued before are on disk.
+        """
         for index in self._indexes.values():
             if index.dirty:
-                self._write_index(index)
+                self._write_index(index).addErrback(
+                    lambda f: log.failure("could not write a session index", f)
+                )
+        return self._writer.idle() if self._writer.threaded else None
+
+    # -- writes ---------------------------------------------------------------------------
+
+    def _write(self, path: str, data: bytes) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        chunks, waiters = self._pending.setdefault(path, ([], []))
+        chunks.append(data)
+        waiters.append(d)
+        if self._writer.threaded:
+            d.addErrback(self._lost, path)
+        self._writer.dirty(path)
+        return d
+
+    def _lost(self, f: Failure, path: str) -> Failure:
+        # The cache holds records that may not be on disk: read the file again next time.
+        t = self._cache.pop(path, None)
+        if t is not None:
+            self._cached_bytes -= t.held
+        return f
+
+    def _take(self, key: str) -> tuple[Callable[[], Any], list[Deferred[Any]]]:
+        """The job that writes what is queued for ``key`` (on the reactor thread)."""
+        index = self._indexes.get(key)
+        if index is not None:
+            seen: Deferred[Any] = Deferred()
+            seen.addCallback(lambda stat: setattr(index, "seen", stat))
+            return self._index_job(index), [seen, *self._index_waiters.pop(key, [])]
+        chunks, waiters = self._pending.pop(key)
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        return (lambda: _append(key, data)), waiters
 
     # -- the index ------------------------------------------------------------------------
 
@@ -186,30 +347,42 @@ class DiskSessionStore:
         index = self._indexes.get(d)
         if index is None:
             index = self._indexes[d] = _load_index(d)
-        elif _stat(os.path.join(d, INDEX)) not in (index.seen, None):
+        elif not self._writer.busy(d) and _stat(os.path.join(d, INDEX)) not in (index.seen, None):
             # Another process (the gateway, or ``agent --local``) wrote it: take its sessions.
             _merge(index, _load_index(d))
         return index
 
-    def _write_index(self, index: _Index) -> None:
+    def _write_index(self, index: _Index) -> Deferred[Any]:
+        """Queue a write of ``index``; writes requested meanwhile share the next one."""
+        d: Deferred[Any] = Deferred()
+        self._index_waiters.setdefault(index.dir, []).append(d)
+        index.written_at = self._now()
+        self._writer.dirty(index.dir)
+        return d
+
+    def _index_job(self, index: _Index) -> Callable[[], tuple[int, int] | None]:
+        """Snapshot ``index`` (on the reactor thread); the job writes it atomically."""
         path = os.path.join(index.dir, INDEX)
         disk = _stat(path)
         if disk is not None and disk != index.seen:
             _merge(index, _load_index(index.dir))
-        os.makedirs(index.dir, mode=0o700, exist_ok=True)
         data = _json(index.entries, indent=2)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            _write_all(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        _fsync_dir(index.dir)
-        index.seen = _stat(path)
-        index.written_at = self._now()
         index.dirty = False
+
+        def job() -> tuple[int, int] | None:
+            os.makedirs(index.dir, mode=0o700, exist_ok=True)
+            tmp = f"{path}.{os.getpid()}.tmp"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                _write_all(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+            _fsync_dir(index.dir)
+            return _stat(path)
+
+        return job
 
     # -- transcripts ----------------------------------------------------------------------
 
@@ -224,7 +397,8 @@ class DiskSessionStore:
         t = self._cache.pop(path, None)
         if t is not None:
             self._cached_bytes -= t.held
-        size = _size(path)
+        # While records are on their way to disk the file is behind the cache: trust the cache.
+        size = t.end if t is not None and self._writer.busy(path) else _size(path)
         if t is None or size < t.end:
             t = _Transcript(path, self._session_bytes)
             if size:

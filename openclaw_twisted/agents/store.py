@@ -6,19 +6,29 @@ from collections.abc import Sequence
 from typing import Any
 
 import attrs
+from twisted.internet.defer import Deferred
 from zope.interface import Interface, implementer
 
 from ..providers.interface import Message
 
 
 class ISessionStore(Interface):
-    """Transcripts keyed by (agent id, session key). Calls are small and synchronous."""
+    """
+    Transcripts keyed by (agent id, session key). Reads are small and synchronous; ``append``
+    and ``flush`` may return a Deferred when the store writes off the caller's thread.
+    """
 
     def history(agent_id: str, session_key: str, limit: int) -> list[Message]:
         """The last ``limit`` user/assistant messages of the session, oldest first."""
 
-    def append(agent_id: str, session_key: str, records: list[dict[str, Any]]) -> None:
-        """Append transcript records and make them durable before returning."""
+    def append(
+        agent_id: str, session_key: str, records: list[dict[str, Any]]
+    ) -> Deferred[None] | None:
+        """
+        Append transcript records. They are durable when this returns ``None``, or when the
+        returned Deferred fires (it fails if they could not be written). Reads see them at
+        once either way.
+        """
 
     def transcript(agent_id: str, session_key: str) -> list[dict[str, Any]]:
         """Every record of the session, oldest first (empty for an unknown session)."""
@@ -26,8 +36,11 @@ class ISessionStore(Interface):
     def sessions(agent_id: str) -> list[dict[str, Any]]:
         """``[{key, sessionId, updatedAt}]`` for the agent's sessions, newest first."""
 
-    def flush() -> None:
-        """Write anything kept back (the gateway calls this when it stops)."""
+    def flush() -> Deferred[None] | None:
+        """
+        Write anything kept back (the gateway calls this when it stops); a Deferred, if
+        returned, fires once every write begun before is on disk.
+        """
 
 
 def messages_from(records: Sequence[dict[str, Any]], limit: int) -> list[Message]:
