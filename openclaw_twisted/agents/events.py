@@ -24,6 +24,13 @@ class RunRequest:
     #: Whether the session is kept on disk (stateless HTTP requests are not, by default).
     persist: bool = True
     run_id: str | None = None
+    #: Whether the run keeps the whole answer while it streams. A run that is neither
+    #: persisted nor keeping its text holds no more of the answer than the events not yet
+    #: taken (a stateless streaming HTTP answer of any size costs no memory): its
+    #: ``RunResult.text`` is empty and each ``assistant`` event's ``text`` is that event's
+    #: delta alone, so observers (``AgentRunner.listeners``) that want the whole answer
+    #: join the deltas they saw. A persisted run always keeps it (the transcript needs it).
+    keep_text: bool = True
 
 
 @attrs.frozen
@@ -98,7 +105,10 @@ class RunEvent:
 
 @attrs.frozen
 class RunResult:
-    """How a run ended: the whole answer, why it stopped, what it cost."""
+    """
+    How a run ended: the whole answer (empty for a run that neither persisted nor kept its
+    text: see ``RunRequest.keep_text``), why it stopped, what it cost.
+    """
 
     run_id: str
     session_key: str

@@ -237,6 +237,7 @@ class AgentRunner:
         """One turn, holding its session's lane: model, events, transcript, final event."""
         req, agent = run.request, run.agent
         text: list[str] = []
+        keep = req.keep_text or req.persist
         size = 0
         usage, stop = Usage(), "stop"
         stream: IModelStream | None = None
@@ -272,9 +273,13 @@ class AgentRunner:
                 if isinstance(event, TextDelta):
                     delta = event.text[: MAX_ANSWER_CHARS - size]
                     if delta:
-                        text.append(delta)
                         size += len(delta)
-                        run._emit("assistant", {"delta": delta}, TextSoFar(text, len(text)))
+                        if keep:
+                            text.append(delta)
+                            so_far = TextSoFar(text, len(text))
+                        else:
+                            so_far = TextSoFar([delta], 1)
+                        run._emit("assistant", {"delta": delta}, so_far)
                     if size >= MAX_ANSWER_CHARS:
                         stop = "length"
                         break

@@ -137,6 +137,8 @@ def parse_chat(
         extra_system_prompt=extra,
         sampling=parse_sampling(body),
         persist=persist,
+        # A stateless stream is written out as it goes: nobody reads the whole answer after.
+        keep_text=persist or not stream,
     )
     return ChatRequest(run, model, bool(stream), include_usage)
 

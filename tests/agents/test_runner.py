@@ -420,3 +420,23 @@ class CumulativeTextTests(SynchronousTestCase):
         parts.append("c")
         self.assertEqual((str(first), str(second)), ("a", "ab"))
         self.assertEqual(str(TextSoFar(parts, 3)), "abc")
+
+
+class KeepTextTests(SynchronousTestCase):
+    def test_a_run_that_keeps_nothing_holds_no_answer(self) -> None:
+        h = Harness(self)
+        run = h.start(persist=False, keep_text=False)
+        assistant = [e for e in h.events(run) if e.stream == "assistant"]
+        self.assertEqual([e.text for e in assistant], ["Hello", " from", " the", " script."])
+        self.assertEqual(
+            [e.to_json()["data"] for e in assistant][1], {"delta": " from", "text": " from"}
+        )
+        result = self.successResultOf(run.wait())
+        self.assertEqual((result.text, result.stop_reason), ("", "stop"))
+
+    def test_a_persisted_run_always_keeps_its_answer(self) -> None:
+        h = Harness(self)
+        run = h.start(keep_text=False)
+        self.assertEqual(h.events(run)[-2].text, "Hello from the script.")
+        self.assertEqual(self.successResultOf(run.wait()).text, "Hello from the script.")
+        self.assertEqual(h.transcript()[-1]["text"], "Hello from the script.")

@@ -111,6 +111,18 @@ class RoutingTests(SynchronousTestCase):
         self.assertEqual(set(keys), {"My-Key:1"})
         self.assertEqual(len(self.provider.requests[-1].messages), 3)
 
+    def test_only_a_stateless_stream_lets_go_of_the_answer(self) -> None:
+        kept: list[bool] = []
+        self.gateway.runner.listeners.append(lambda run, event: kept.append(run.request.keep_text))
+        for body, keep in (
+            ({}, True),
+            ({"stream": True}, False),
+            ({"stream": True, "user": "a"}, True),
+        ):
+            kept.clear()
+            self.ask(body)
+            self.assertEqual(set(kept), {keep}, body)
+
     def test_persist_ephemeral(self) -> None:
         data = gateway_config("x")
         data["session"] = {"persistEphemeral": True}
