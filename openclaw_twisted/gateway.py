@@ -2,21 +2,40 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import attrs
 import treq
 from twisted.application.service import Service
+from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    wrapClientTLS,
+)
 from twisted.internet.interfaces import (
     IListeningPort,
+    IProtocol,
+    IProtocolFactory,
     IReactorFromThreads,
     IReactorThreads,
+    IStreamClientEndpoint,
     IStreamServerEndpoint,
 )
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
-from twisted.web.client import Agent, HTTPConnectionPool
-from twisted.web.iweb import IRequest
+from twisted.web.client import (
+    URI,
+    Agent,
+    BrowserLikePolicyForHTTPS,
+    HTTPConnectionPool,
+)
+from twisted.web.error import SchemeNotSupported
+from twisted.web.iweb import IAgentEndpointFactory, IPolicyForHTTPS, IRequest
 from twisted.web.resource import IResource
+from zope.interface import implementer
 
 from .agents.roster import Roster
 from .agents.runner import AgentRunner
@@ -28,7 +47,9 @@ from .providers.registry import Providers
 from .web.app import GatewayHTTP
 from .web.request import GatewaySite
 from .web.root import GatewayRoot
-from .ws.server import GatewayWebSocketFactory, websocket_resource
+
+if TYPE_CHECKING:
+    from .ws.server import GatewayWebSocketFactory
 
 log = Logger()
 
@@ -38,12 +59,66 @@ DEFAULT_GRACE_SECONDS = 10.0
 DRAIN_SECONDS = 5.0
 
 
-def http_client(reactor: Any) -> treq.client.HTTPClient:
+@implementer(IStreamClientEndpoint)
+@attrs.frozen
+class QuietEndpoint:
+    """An endpoint whose connections' factories don't log "Starting/Stopping factory"."""
+
+    endpoint: IStreamClientEndpoint
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        # The HTTP pool builds a factory per connection: two log lines for each one.
+        if isinstance(protocolFactory, Factory):
+            protocolFactory.noisy = False
+        return self.endpoint.connect(protocolFactory)
+
+
+@implementer(IAgentEndpointFactory)
+@attrs.frozen
+class ProviderEndpoints:
+    """
+    Where the provider HTTP client connects: straight to an IP literal, else by name.
+
+    Twisted's default resolves even ``127.0.0.1`` in the thread pool, once per new
+    connection; an IP literal needs no resolution.  TLS for ``https`` as Twisted's default.
+    """
+
+    reactor: Any
+    tls: IPolicyForHTTPS = attrs.field(factory=BrowserLikePolicyForHTTPS)
+
+    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
+        try:
+            host = uri.host.decode("ascii")
+        except UnicodeDecodeError:
+            raise ValueError(f"The host of {uri.toBytes()!r} is not ASCII") from None
+        endpoint: IStreamClientEndpoint
+        if isIPAddress(host):
+            endpoint = TCP4ClientEndpoint(self.reactor, host, uri.port)
+        elif isIPv6Address(host):
+            endpoint = TCP6ClientEndpoint(self.reactor, host, uri.port)
+        else:
+            endpoint = HostnameEndpoint(self.reactor, host, uri.port)
+        if uri.scheme == b"https":
+            endpoint = wrapClientTLS(self.tls.creatorForNetloc(uri.host, uri.port), endpoint)
+        elif uri.scheme != b"http":
+            raise SchemeNotSupported(f"Unsupported scheme: {uri.scheme!r}")
+        return QuietEndpoint(endpoint)
+
+
+def http_client(
+    reactor: Any,
+    *,
+    pool: HTTPConnectionPool | None = None,
+    endpoints: IAgentEndpointFactory | None = None,
+) -> treq.client.HTTPClient:
     """A treq client with a persistent pool sized for many concurrent provider streams."""
-    pool = HTTPConnectionPool(reactor, persistent=True)
-    pool.maxPersistentPerHost = 64
-    pool.retryAutomatically = False
-    return treq.client.HTTPClient(Agent(reactor, pool=pool))
+    if pool is None:
+        pool = HTTPConnectionPool(reactor, persistent=True)
+        pool.maxPersistentPerHost = 64
+        pool.retryAutomatically = False
+    if endpoints is None:
+        endpoints = ProviderEndpoints(reactor)
+    return treq.client.HTTPClient(Agent.usingEndpointFactory(reactor, endpoints, pool=pool))
 
 
 class Gateway:
@@ -83,6 +158,7 @@ class Gateway:
         self.ready = True
         self._http_app = GatewayHTTP(self)
         self._ws_factory: GatewayWebSocketFactory | None = None
+        self._ws_resource: IResource | None = None
         self._root: IResource | None = None
         self._sites: list[GatewaySite] = []
 
@@ -96,10 +172,18 @@ class Gateway:
     def resource(self) -> IResource:
         """The root resource: HTTP routes and the WebSocket protocol, for any ``Site``."""
         if self._root is None:
-            ws = websocket_resource(self)
-            self._ws_factory = ws._factory
-            self._root = GatewayRoot(self._http_app.app.resource(), ws)
+            self._root = GatewayRoot(self._http_app.app.resource(), self.websocket_resource)
         return self._root
+
+    def websocket_resource(self) -> IResource:
+        """The WebSocket side, built on first use: Autobahn costs ~6 MB a gateway may never need."""
+        if self._ws_resource is None:
+            from .ws.server import websocket_resource
+
+            resource = websocket_resource(self)
+            self._ws_factory = resource._factory
+            self._ws_resource = resource
+        return self._ws_resource
 
     def site(self) -> GatewaySite:
         """A ``Site`` serving ``resource()`` (without a per-request access log)."""

@@ -32,7 +32,7 @@ def make_gateway(
 
 
 def ws_factory(gateway: Gateway) -> GatewayWebSocketFactory:
-    gateway.resource()
+    gateway.websocket_resource()
     factory = gateway._ws_factory
     assert factory is not None
     return factory
