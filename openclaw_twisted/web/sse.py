@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -28,11 +29,24 @@ SSE_HEADERS = (
 )
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def utf8(text: str) -> bytes:
+    """
+    JSON text as UTF-8.  A lone surrogate (a provider may send one: ``"\\ud800"`` is legal
+    JSON) cannot be UTF-8, so it is written as its ``\\uXXXX`` escape, which is the same
+    JSON string.  Character by character, so encoding the parts of a text equals encoding it.
+    """
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return _LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text).encode()
+
+
 def frame(data: Any) -> bytes:
     """One SSE ``data:`` frame (compact JSON never contains a newline)."""
-    return (
-        b"data: " + json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
-    )
+    return b"data: " + utf8(json.dumps(data, separators=(",", ":"), ensure_ascii=False)) + b"\n\n"
 
 
 def usage_json(usage: dict[str, Any]) -> dict[str, int]:
@@ -81,6 +95,10 @@ class CompletionStream:
         self._waiting: Deferred[RunEvent | None] | None = None
         self._looping = False
         self._ping: IDelayedCall | None = None
+        # Every content chunk is the same frame around its text: encode the rest once.
+        template = self._chunk({"content": None})
+        before, _, after = template.rpartition(b'"content":null')
+        self._content_frame = (before + b'"content":', after)
 
     def start(self) -> None:
         """Send the headers and the role chunk, then follow the run."""
@@ -134,7 +152,9 @@ class CompletionStream:
         if event is None:
             self._end(DONE)
         elif event.stream == "assistant":
-            self._write(self._chunk({"content": event.data["delta"]}))
+            before, after = self._content_frame
+            text = utf8(json.dumps(event.data["delta"], ensure_ascii=False))
+            self._write(before + text + after)
         elif event.phase == "end":
             stop = event.data.get("stopReason")
             out = self._chunk({}, "length" if stop == "length" else "stop")
