@@ -1,4 +1,4 @@
-"""Strict JSON decoding for untrusted input: no lone surrogates, no unbounded recursion."""
+"""Strict JSON decoding for untrusted input, and UTF-8 output that survives lone surrogates."""
 
 from __future__ import annotations
 
@@ -33,3 +33,18 @@ def loads(text: str) -> Any:
         except RecursionError:
             raise ValueError("JSON nested too deeply") from None
     return value
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def utf8(text: str) -> bytes:
+    """
+    JSON text as UTF-8.  A lone surrogate (a provider may send one: ``"\\ud800"`` is legal
+    JSON) cannot be UTF-8, so it is written as its ``\\uXXXX`` escape, which is the same
+    JSON string.  Character by character, so encoding the parts of a text equals encoding it.
+    """
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return _LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text).encode()

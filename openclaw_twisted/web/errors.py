@@ -8,6 +8,7 @@ from typing import Any
 import attrs
 from twisted.web.iweb import IRequest
 
+from .._json import utf8
 from ..agents.events import RunError
 
 JSON_TYPE = b"application/json; charset=utf-8"
@@ -19,7 +20,7 @@ def json_body(request: IRequest, status: int, body: Any, *, no_store: bool = Fal
     request.setHeader(b"content-type", JSON_TYPE)
     if no_store:
         request.setHeader(b"cache-control", b"no-store")
-    data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    data = utf8(json.dumps(body, separators=(",", ":"), ensure_ascii=False))
     request.setHeader(b"content-length", b"%d" % len(data))
     return data
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -13,6 +12,7 @@ from twisted.python.failure import Failure
 from twisted.web.server import Request
 from zope.interface import implementer
 
+from .._json import utf8
 from ..agents.events import RunError, RunEvent
 from ..agents.runner import Run
 from .errors import run_error_reply
@@ -27,21 +27,6 @@ SSE_HEADERS = (
     (b"connection", b"keep-alive"),
     (b"x-accel-buffering", b"no"),
 )
-
-
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def utf8(text: str) -> bytes:
-    """
-    JSON text as UTF-8.  A lone surrogate (a provider may send one: ``"\\ud800"`` is legal
-    JSON) cannot be UTF-8, so it is written as its ``\\uXXXX`` escape, which is the same
-    JSON string.  Character by character, so encoding the parts of a text equals encoding it.
-    """
-    try:
-        return text.encode()
-    except UnicodeEncodeError:
-        return _LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text).encode()
 
 
 def frame(data: Any) -> bytes:

@@ -390,6 +390,21 @@ class ResponseTests(Base):
         for name, value in SECURITY.items():
             self.assertEqual(r.header(name), value)
 
+    def test_lone_surrogate_from_the_provider_is_written_escaped(self) -> None:
+        # "\\ud800" is legal JSON from a provider but cannot be UTF-8: escaped, not a 500.
+        for stream in (False, True):
+            self.with_config(gateway_config("x"), Script(deltas=("a\ud800", "b")))
+            r = post(self.gateway, {**HI, "stream": stream})
+            self.assertEqual(r.status, 200)
+            self.assertIn(b"a\\ud800", r.body)
+            r.body.decode("utf-8")
+            if stream:
+                chunks = [e for e in r.events() if e != "[DONE]"]
+                text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+            else:
+                text = r.json()["choices"][0]["message"]["content"]
+            self.assertEqual(text, "a\ud800b")
+
     def test_empty_answer_and_length(self) -> None:
         self.with_config(gateway_config("x"), Script(deltas=(), usage=Usage()))
         body = post(self.gateway, HI).json()
