@@ -64,9 +64,13 @@ class PullQueue(Generic[T]):
             self._paused = True
             self._pause()
 
+    def has_room(self) -> bool:
+        """Whether no more than ``low`` items wait (or the queue ended): ``room()`` now."""
+        return len(self._items) <= self._low or self._ended
+
     def room(self) -> Deferred[None]:
         """Fire once no more than ``low`` items wait: a pull-based producer awaits this."""
-        if len(self._items) <= self._low or self._ended:
+        if self.has_room():
             return succeed(None)
         d: Deferred[None] = Deferred(lambda d: self._room.remove(d))
         self._room.append(d)

@@ -16,6 +16,7 @@ from twisted.internet.defer import (
 )
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from .._pull import PullQueue
 from ..providers.interface import (
@@ -155,6 +156,115 @@ class Run:
             d.callback(result)
 
 
+_NOTHING: Any = object()
+
+
+class _Streaming:
+    """
+    A turn's streaming phase, driven by callbacks rather than ``await``: a model event that
+    is already there when asked for (and room in the run's buffer) is handled in a plain loop,
+    so a delta costs a few calls, not a trip through the coroutine trampoline. ``start()``
+    fires once the model's stream ended (or the answer reached ``MAX_ANSWER_CHARS``); it
+    fails with ``CancelledError`` when the run is cancelled, or with the provider's error.
+    """
+
+    def __init__(self, run: Run, stream: IModelStream, text: list[str] | None) -> None:
+        self.run = run
+        self.stream = stream
+        #: Every delta, shared by the events' ``TextSoFar``; ``None``: the answer is not kept.
+        self.text = text
+        self.size = 0
+        self.stop: str = "stop"
+        self.usage = Usage()
+        self._done: Deferred[None] = Deferred()
+        self._room_needed = False
+        self._holding = False
+        self._got: Any = _NOTHING
+        self._value: Any = None
+        self._kind = ""
+
+    def start(self) -> Deferred[None]:
+        self._loop()
+        return self._done
+
+    def _loop(self) -> None:
+        run = self.run
+        try:
+            while not self._done.called:
+                if run._cancel_reason is not None:
+                    raise CancelledError()
+                if self._room_needed:
+                    self._room_needed = False
+                    if not run._events.has_room() and not self._hold(run._events.room(), "room"):
+                        return
+                    continue
+                if not self._hold(self.stream.next(), "next"):
+                    return
+                self._handle(self._value)
+        except Exception:
+            self._fail(Failure())
+
+    def _hold(self, d: Deferred[Any], kind: str) -> bool:
+        """True with ``_value`` set if ``d`` has fired already; else wait for it."""
+        self._holding = True
+        d.addBoth(self._arrived)
+        self._holding = False
+        got, self._got = self._got, _NOTHING
+        if got is _NOTHING:
+            self._kind = kind
+            self.run._waiting_on = d
+            return False
+        if isinstance(got, Failure):
+            self._fail(got)
+            return False
+        self._value = got
+        return True
+
+    def _arrived(self, result: Any) -> None:
+        if self._holding:
+            self._got = result
+            return
+        self.run._waiting_on = None
+        if isinstance(result, Failure):
+            self._fail(result)
+            return
+        if self._kind == "next":
+            try:
+                self._handle(result)
+            except Exception:
+                self._fail(Failure())
+                return
+        self._loop()
+
+    def _handle(self, event: Any) -> None:
+        if event is None:
+            self._finish()
+        elif isinstance(event, TextDelta):
+            delta = event.text[: MAX_ANSWER_CHARS - self.size]
+            if delta:
+                self.size += len(delta)
+                if self.text is not None:
+                    self.text.append(delta)
+                    so_far = TextSoFar(self.text, len(self.text))
+                else:
+                    so_far = TextSoFar([delta], 1)
+                self.run._emit("assistant", {"delta": delta}, so_far)
+                self._room_needed = True
+            if self.size >= MAX_ANSWER_CHARS:
+                self.stop = "length"
+                self._finish()
+        elif isinstance(event, Finish):
+            self.stop, self.usage = event.stop_reason, event.usage
+
+    def _finish(self) -> None:
+        if not self._done.called:
+            self._done.callback(None)
+
+    def _fail(self, f: Failure) -> None:
+        if not self._done.called:
+            self._done.errback(f)
+
+
 class AgentRunner:
     """Starts runs, serialises them per session key, and remembers the ones in flight."""
 
@@ -238,9 +348,9 @@ class AgentRunner:
         req, agent = run.request, run.agent
         text: list[str] = []
         keep = req.keep_text or req.persist
-        size = 0
         usage, stop = Usage(), "stop"
         stream: IModelStream | None = None
+        streaming: _Streaming | None = None
         timer: IDelayedCall | None = None
         error: RunError | None = None
         started_ms = run._now_ms()
@@ -266,33 +376,18 @@ class AgentRunner:
             run._check()
             run.started = True
             run._emit("lifecycle", {"phase": "start", "startedAt": started_ms, "model": ref})
-            while True:
-                event = await run._wait(opened.next())
-                if event is None:
-                    break
-                if isinstance(event, TextDelta):
-                    delta = event.text[: MAX_ANSWER_CHARS - size]
-                    if delta:
-                        size += len(delta)
-                        if keep:
-                            text.append(delta)
-                            so_far = TextSoFar(text, len(text))
-                        else:
-                            so_far = TextSoFar([delta], 1)
-                        run._emit("assistant", {"delta": delta}, so_far)
-                    if size >= MAX_ANSWER_CHARS:
-                        stop = "length"
-                        break
-                    if delta:
-                        await run._wait(run._events.room())
-                elif isinstance(event, Finish):
-                    stop, usage = event.stop_reason, event.usage
+            streaming = _Streaming(run, opened, text if keep else None)
+            # Not through run._wait: the pump registers what it waits for itself.
+            await streaming.start()
+            stop, usage = streaming.stop, streaming.usage
         except CancelledError:
             error = _cancelled(run)
             stop = "aborted"
+            usage = streaming.usage if streaming is not None else usage
         except ProviderError as e:
             error = RunError(e.kind, e.message, e.status, e.retry_after)
             stop = "error"
+            usage = streaming.usage if streaming is not None else usage
         except Exception:
             log.failure("agent run {run_id} failed", run_id=run.run_id)
             error = RunError("internal_error", "Internal error.")
