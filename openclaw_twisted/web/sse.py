@@ -80,6 +80,7 @@ class CompletionStream:
         self._waiting: Deferred[RunEvent | None] | None = None
         self._looping = False
         self._ping: IDelayedCall | None = None
+        self._written_at = 0.0
         # Every content chunk is the same frame around its text: encode the rest once.
         template = self._chunk({"content": None})
         before, _, after = template.rpartition(b'"content":null')
@@ -178,21 +179,25 @@ class CompletionStream:
 
     def _write(self, data: bytes) -> None:
         self.request.write(data)
-        self._arm()
+        # Writes only note the time; the one timer moves when it fires (no callLater per chunk).
+        self._written_at = self.clock.seconds()
+        if self._ping is None:
+            self._arm(self.heartbeat)
 
-    def _arm(self) -> None:
-        if self._ping is not None and self._ping.active():
-            self._ping.cancel()
+    def _arm(self, delay: float) -> None:
         if self.heartbeat > 0 and not self._ended:
-            self._ping = self.clock.callLater(self.heartbeat, self._beat)
+            self._ping = self.clock.callLater(delay, self._beat)
 
     def _beat(self) -> None:
         self._ping = None
         if self._ended:
             return
-        if self.paused:
+        quiet = self.clock.seconds() - self._written_at
+        if quiet < self.heartbeat:
+            self._arm(self.heartbeat - quiet)
+        elif self.paused:
             # Bytes are already waiting for the client: the connection is not idle.
-            self._arm()
+            self._arm(self.heartbeat)
         else:
             self._write(PING)
 

@@ -491,6 +491,32 @@ class ResponseTests(Base):
         self.assertTrue(self.provider.streams[0].cancelled)
         self.assertEqual([c for c in self.reactor.getDelayedCalls() if c.active()], [])
 
+    def test_heartbeat_counts_silence_from_the_last_write(self) -> None:
+        # Chunks 3 s apart: never 5 s of silence, so never a ping.
+        script = Script(deltas=("a", "b", "c", "d"), delta_delay=3.0)
+        self.with_config(gateway_config("x", heartbeatSeconds=5), script)
+        client = MemoryClient(self.gateway)
+        client.request(body={**HI, "stream": True})
+        self.reactor.pump([3.0] * 5)
+        self.assertTrue(client.response().complete)
+        self.assertNotIn(b": ping", client.response().body)
+        client.disconnect()
+        # Chunks 6 s apart: a ping at 5 s, the delta at 6 s, the next ping 5 s after it.
+        script = Script(deltas=("a",), delta_delay=6.0)
+        self.with_config(gateway_config("x", heartbeatSeconds=5), script)
+        client = MemoryClient(self.gateway)
+        client.request(body={**HI, "stream": True})
+        self.reactor.pump([5.0])
+        self.assertEqual(client.response().body.count(b": ping\n\n"), 1)
+        self.reactor.pump([1.0, 4.5])
+        self.assertEqual(client.response().body.count(b": ping\n\n"), 1)
+        self.reactor.pump([0.5])
+        self.assertEqual(client.response().body.count(b": ping\n\n"), 2)
+        self.reactor.pump([1.0])
+        self.assertTrue(client.response().complete)
+        client.disconnect()
+        self.assertEqual([c for c in self.reactor.getDelayedCalls() if c.active()], [])
+
     def test_status_waits_until_the_provider_accepted(self) -> None:
         self.with_config(gateway_config("x"), Script(accept_delay=3))
         client = MemoryClient(self.gateway)
