@@ -36,7 +36,7 @@ CACHE_BYTES = 64 * 1024 * 1024
 #: ``updatedAt`` alone is rewritten at most this often per agent (a new session is written
 #: at once). A crash loses nothing: on load, ``updatedAt`` is raised to the transcript's mtime.
 INDEX_REFRESH_SECONDS = 1.0
-#: At most this many files are written (and fsynced) at once on the reactor's thread pool,
+#: At most this many write jobs (each one or more files) run at once on the reactor's pool,
 #: so session writes never take every pool thread (DNS lookups use it too).
 WRITERS = 4
 
@@ -45,6 +45,7 @@ class _Writer:
     """
     Group commit: writes run one at a time per file, off the caller's thread; what is queued
     for a file while its write + fsync is in flight goes to disk together in the next one.
+    At most ``limit`` jobs run at once; each writes one or more files.
 
     ``take(key)`` (called on the reactor thread when a write for ``key`` may start) returns
     the blocking job and the Deferreds it settles; the job runs on the reactor's thread pool,
@@ -63,6 +64,7 @@ class _Writer:
         self._limit = limit
         self._queued: OrderedDict[str, None] = OrderedDict()
         self._busy: set[str] = set()
+        self._jobs = 0
         self._idle: list[Deferred[None]] = []
 
     @property
@@ -92,31 +94,44 @@ class _Writer:
         return d
 
     def _pump(self) -> None:
-        for key in list(self._queued):
-            if len(self._busy) >= self._limit:
-                break
-            if key in self._busy:
-                continue
+        # The files waiting are shared out among the free jobs: under load one job (one
+        # hand-off to the pool and one back) writes many files, one fsync each.
+        free = self._limit - self._jobs
+        ready = [key for key in self._queued if key not in self._busy]
+        if free <= 0 or not ready:
+            return
+        batches: list[list[tuple[str, Callable[[], Any], list[Deferred[Any]]]]] = [
+            [] for _ in range(min(free, len(ready)))
+        ]
+        for i, key in enumerate(ready):
             del self._queued[key]
-            job, waiters = self._take(key)
             self._busy.add(key)
-            self._reactor.callInThread(self._work, key, job, waiters)
+            job, waiters = self._take(key)
+            batches[i % len(batches)].append((key, job, waiters))
+        for batch in batches:
+            self._jobs += 1
+            self._reactor.callInThread(self._work, batch)
 
-    def _work(self, key: str, job: Callable[[], Any], waiters: list[Deferred[Any]]) -> None:
+    def _work(self, batch: list[tuple[str, Callable[[], Any], list[Deferred[Any]]]]) -> None:
         # On a pool thread: only the blocking I/O; every state change is on the reactor thread.
-        try:
-            outcome: Any = job()
-        except BaseException:
-            outcome = Failure()
-        self._reactor.callFromThread(self._done, key, waiters, outcome)
+        outcomes = []
+        for key, job, waiters in batch:
+            try:
+                outcome: Any = job()
+            except BaseException:
+                outcome = Failure()
+            outcomes.append((key, waiters, outcome))
+        self._reactor.callFromThread(self._done, outcomes)
 
-    def _done(self, key: str, waiters: list[Deferred[Any]], outcome: Any) -> None:
-        self._busy.discard(key)
-        for d in waiters:
-            if isinstance(outcome, Failure):
-                d.errback(outcome)
-            else:
-                d.callback(outcome)
+    def _done(self, outcomes: list[tuple[str, list[Deferred[Any]], Any]]) -> None:
+        self._jobs -= 1
+        for key, waiters, outcome in outcomes:
+            self._busy.discard(key)
+            for d in waiters:
+                if isinstance(outcome, Failure):
+                    d.errback(outcome)
+                else:
+                    d.callback(outcome)
         self._pump()
         if not self._queued and not self._busy:
             idle, self._idle = self._idle, []

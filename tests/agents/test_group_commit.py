@@ -109,6 +109,12 @@ class ThreadedStoreTests(SynchronousTestCase):
         for n in range(WRITERS + 3):
             self.store.append("main", f"k{n}", turn("q", "a"))
         self.assertEqual(len(self.threads.jobs), WRITERS)
+        # When a job ends, the files that waited meanwhile go to the pool in one job.
+        self.threads.work()
+        self.threads.reply()
+        self.assertEqual(len(self.threads.jobs), WRITERS)
+        _, (batch,) = self.threads.jobs[-1]
+        self.assertGreater(len(batch), 1)
         self.threads.settle()
         self.assertEqual(len(self.store.sessions("main")), WRITERS + 3)
         for n in range(WRITERS + 3):
