@@ -604,6 +604,8 @@ class GatewayWebSocketFactory(WebSocketServerFactory):
         self.connections: set[GatewayWebSocket] = set()
         self.runs: OrderedDict[str, Tracked] = OrderedDict()
         self._keys: OrderedDict[tuple[str, str], str] = OrderedDict()
+        #: The deltas observers saw of runs that keep no text of their own, by run id.
+        self._texts: dict[str, list[str]] = {}
         gateway.runner.listeners.append(self._broadcast)
 
     def by_key(self, kind: str, key: str) -> Tracked | None:
@@ -627,11 +629,32 @@ class GatewayWebSocketFactory(WebSocketServerFactory):
 
     def _broadcast(self, run: Run, event: RunEvent) -> None:
         """Every run's events go to every other authenticated client (best effort, bounded)."""
-        payload: bytes | None = None
-        for conn in list(self.connections):
-            if conn.authenticated and run.run_id not in conn._own:
-                payload = payload or dumps(event.to_json())
+        observers = [c for c in self.connections if c.authenticated and run.run_id not in c._own]
+        keeps_text = run.request.keep_text or run.request.persist
+        if not observers and (keeps_text or run.run_id not in self._texts):
+            return
+        data = event.to_json()
+        if not keeps_text:
+            data = self._with_whole_text(run.run_id, event, data)
+        if observers:
+            payload = dumps(data)
+            for conn in observers:
                 conn.send_encoded_event("agent", payload)
+
+    def _with_whole_text(
+        self, run_id: str, event: RunEvent, data: dict[str, Any]
+    ) -> dict[str, Any]:
+        """
+        Observers get the cumulative ``text`` also of runs that keep none of their answer
+        (``RunRequest.keep_text``): joined here, only while someone is watching.
+        """
+        if event.stream == "assistant":
+            parts = self._texts.setdefault(run_id, [])
+            parts.append(event.data["delta"])
+            return {**data, "data": {**data["data"], "text": "".join(parts)}}
+        if event.phase in ("end", "error"):
+            self._texts.pop(run_id, None)
+        return data
 
     def shutdown(self) -> None:
         """Tell every connected client the gateway is going away."""

@@ -293,6 +293,21 @@ class MethodTests(TestCase):
         self.assertEqual(event["payload"]["runId"], run.run_id)
         self.assertEqual(event["seq"], 7)
 
+    async def test_observers_get_whole_text_of_runs_that_keep_none(self) -> None:
+        await self.start()
+        observer = await open_session(self, self.url, client_id="observer")
+        request = RunRequest("main", "agent:main:openai:x", "x", persist=False, keep_text=False)
+        run = self.gateway.runner.start(request)
+        result = await run.wait()
+        self.assertEqual(result.text, "")  # the run itself kept nothing
+        texts = []
+        for _ in range(6):
+            payload = (await observer.event("agent"))["payload"]
+            if payload["stream"] == "assistant":
+                texts.append(payload["data"]["text"])
+        self.assertEqual(texts, ["Hello", "Hello from", "Hello from the", "Hello from the script."])
+        self.assertEqual(self.gateway._ws_factory._texts, {})  # forgotten at the end
+
     async def test_in_flight_run_answers_before_shutdown_close(self) -> None:
         s = await self.start(Script(hang=True))
         req = s.send("agent", {"message": "wait"})
