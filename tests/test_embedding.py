@@ -21,7 +21,8 @@ def readme_example() -> str:
 
 
 class EmbeddingTests(TestCase):
-    async def test_readme_example_serves_under_its_mount_point(self) -> None:
+    async def run_example(self) -> str:
+        """Run the README example on a free port (cleaned up); its base URL."""
         code = readme_example()
         self.assertEqual(code.strip().splitlines()[-1], "reactor.run()")
         self.assertIn('"tcp:8080:interface=127.0.0.1"', code)
@@ -35,8 +36,11 @@ class EmbeddingTests(TestCase):
             os.chdir(cwd)
         port = await namespace["listening"]  # type: ignore[misc]
         track(self, port.factory, port)
+        return f"http://127.0.0.1:{port.getHost().port}"
+
+    async def test_readme_example_serves_under_its_mount_point(self) -> None:
+        url = await self.run_example()
         http = http_client(self)
-        url = f"http://127.0.0.1:{port.getHost().port}"
         r = await http.get(url + "/openclaw/healthz")
         self.assertEqual(r.code, 200)
         self.assertEqual(await r.json(), {"ok": True, "status": "live"})
@@ -45,18 +49,8 @@ class EmbeddingTests(TestCase):
         await r.content()
 
     async def test_embedded_chat_completion(self) -> None:
-        code = readme_example().replace("reactor.run()", "").replace("tcp:8080:", "tcp:0:")
-        namespace: dict[str, object] = {}
-        cwd = os.getcwd()
-        os.chdir(REPO)
-        try:
-            exec(compile(code, "README.md", "exec"), namespace)
-        finally:
-            os.chdir(cwd)
-        port = await namespace["listening"]  # type: ignore[misc]
-        track(self, port.factory, port)
+        url = await self.run_example() + "/openclaw/v1/chat/completions"
         http = http_client(self)
-        url = f"http://127.0.0.1:{port.getHost().port}/openclaw/v1/chat/completions"
         headers = {"Authorization": "Bearer YOUR_TOKEN"}
         body = {"model": "openclaw", "messages": [{"role": "user", "content": "embedded hi"}]}
         r = await http.post(url, json=body, headers=headers)
