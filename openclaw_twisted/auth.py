@@ -7,6 +7,7 @@ import hmac
 import ipaddress
 import math
 from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import attrs
@@ -46,15 +47,39 @@ def bearer(authorization: str | None) -> str | None:
     return value.strip() or None
 
 
-def canonical_ip(ip: str) -> str:
-    """IPv4-mapped IPv6 counts as the IPv4 address; anything unparsable is kept as it is."""
+def parse_ip(text: str) -> str | None:
+    """
+    The address in one X-Forwarded-For hop, canonical; ``None`` when it names no address.
+
+    Ports and brackets go (``5.5.5.5:1234``, ``[::1]:80``), IPv4-mapped IPv6 is the IPv4
+    address.  IPv4 with leading zeros (``05.5.5.5``) is refused: some parsers read it as octal.
+    """
+    hop = text.strip().strip('"')
+    if hop.startswith("["):
+        inside, bracket, rest = hop[1:].partition("]")
+        if not bracket or (rest and not (rest[0] == ":" and _is_port(rest[1:]))):
+            return None
+        hop = inside
+    elif hop.count(":") == 1:  # IPv4 with a port; an IPv6 address has at least two colons
+        hop, _, port = hop.partition(":")
+        if not _is_port(port):
+            return None
     try:
-        addr = ipaddress.ip_address(ip.strip().strip("[]"))
+        addr = ipaddress.ip_address(hop)
     except ValueError:
-        return ip.strip()
+        return None
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         return str(addr.ipv4_mapped)
     return str(addr)
+
+
+def _is_port(text: str) -> bool:
+    return text.isascii() and text.isdigit() and len(text) <= 5 and int(text) <= 65535
+
+
+def canonical_ip(ip: str) -> str:
+    """IPv4-mapped IPv6 counts as the IPv4 address; anything unparsable is kept as it is."""
+    return parse_ip(ip) or ip.strip()
 
 
 def is_loopback(ip: str) -> bool:
@@ -62,6 +87,13 @@ def is_loopback(ip: str) -> bool:
         return ipaddress.ip_address(canonical_ip(ip)).is_loopback
     except ValueError:
         return False
+
+
+def forwarded_for(values: Sequence[bytes] | None) -> str | None:
+    """All ``X-Forwarded-For`` headers of a request as one list (each proxy may add its own)."""
+    if not values:
+        return None
+    return ",".join(v.decode("latin-1") for v in values)
 
 
 @attrs.define
@@ -74,7 +106,8 @@ class ClientAddress:
     def from_config(cls, trusted_proxies: tuple[str, ...]) -> ClientAddress:
         return cls(tuple(ipaddress.ip_network(p.strip(), strict=False) for p in trusted_proxies))
 
-    def _is_trusted(self, ip: str) -> bool:
+    def is_trusted(self, ip: str) -> bool:
+        """Whether ``ip`` is one of ``gateway.trustedProxies``."""
         try:
             addr = ipaddress.ip_address(canonical_ip(ip))
         except ValueError:
@@ -82,12 +115,23 @@ class ClientAddress:
         return any(addr in net for net in self.trusted)
 
     def resolve(self, peer: str, forwarded_for: str | None) -> str:
+        """
+        The right-most forwarded hop that is not a trusted proxy, behind a trusted peer.
+
+        A hop that names no address ends the walk: the hops left of it are the client's own
+        words, and a spelling we cannot read must never be a fresh address for the limiter.
+        The client is then the proxy itself (which the limiter never exempts).
+        """
         peer = canonical_ip(peer)
-        if not self.trusted or not forwarded_for or not self._is_trusted(peer):
+        if not self.trusted or not forwarded_for or not self.is_trusted(peer):
             return peer
-        for hop in reversed(forwarded_for.split(",")):
-            hop = canonical_ip(hop)
-            if hop and not self._is_trusted(hop):
+        for raw in reversed(forwarded_for.split(",")):
+            if not raw.strip():
+                continue  # "a,,b" or a trailing comma: no hop there
+            hop = parse_ip(raw)
+            if hop is None:
+                return peer
+            if not self.is_trusted(hop):
                 return hop
         return peer
 
@@ -95,9 +139,15 @@ class ClientAddress:
 class RateLimiter:
     """A sliding window of failures per IP; reaching the limit locks the IP out for a while."""
 
-    def __init__(self, config: RateLimitConfig, clock: IReactorTime) -> None:
+    def __init__(
+        self,
+        config: RateLimitConfig,
+        clock: IReactorTime,
+        proxy: Callable[[str], bool] = lambda ip: False,
+    ) -> None:
         self.config = config
         self._clock = clock
+        self._proxy = proxy
         self._failures: OrderedDict[str, deque[float]] = OrderedDict()
         self._locked: OrderedDict[str, float] = OrderedDict()
 
@@ -105,7 +155,9 @@ class RateLimiter:
         return len(self._failures) + len(self._locked)
 
     def _exempt(self, ip: str) -> bool:
-        return self.config.exempt_loopback and is_loopback(ip)
+        # A trusted proxy is never exempt: what is counted against it is every client whose
+        # forwarded address could not be read, and a proxy on loopback would exempt them all.
+        return self.config.exempt_loopback and is_loopback(ip) and not self._proxy(ip)
 
     def retry_after(self, ip: str) -> int | None:
         """Seconds until ``ip`` may try again, or ``None`` when it is not locked."""
@@ -154,9 +206,12 @@ class RateLimiter:
 class Authenticator:
     """Checks a presented secret for HTTP and WebSocket alike (CONTRACT §3)."""
 
-    def __init__(self, config: AuthConfig, clock: IReactorTime) -> None:
+    def __init__(
+        self, config: AuthConfig, clock: IReactorTime, proxies: ClientAddress | None = None
+    ) -> None:
         self.config = config
-        self.limiter = RateLimiter(config.rate_limit, clock) if config.rate_limit else None
+        trusted = proxies.is_trusted if proxies is not None else (lambda ip: False)
+        self.limiter = RateLimiter(config.rate_limit, clock, trusted) if config.rate_limit else None
 
     @property
     def required(self) -> bool:

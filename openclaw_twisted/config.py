@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -76,6 +77,12 @@ class GatewayConfig:
     trusted_proxies: tuple[str, ...] = ()
     auth: AuthConfig = AuthConfig()
     chat_completions: ChatCompletionsConfig = ChatCompletionsConfig()
+    #: ``gateway.controlUi.allowedOrigins``: browser origins allowed to open a WebSocket
+    #: besides the gateway's own (``*`` = any).
+    allowed_origins: tuple[str, ...] = ()
+    #: ``gateway.allowedHosts``: ``Host`` names served on a loopback connection besides
+    #: ``localhost`` and loopback addresses (``*`` = any).
+    allowed_hosts: tuple[str, ...] = ()
 
     @property
     def bind_host(self) -> str:
@@ -388,7 +395,53 @@ def _gateway(g: _Keys, environ: Mapping[str, str]) -> GatewayConfig:
         auth = _auth(g.obj("auth"), environ)
         with g.obj("http") as http, http.obj("endpoints") as endpoints:
             chat = _chat_completions(endpoints.obj("chatCompletions"))
-    return GatewayConfig(port, cast(BindMode, bind), custom, proxies, auth, chat)
+        with g.obj("controlUi") as ui:
+            origins = _origins(ui.get("allowedOrigins"), ui.at("allowedOrigins"))
+        hosts = _hosts(g.get("allowedHosts"), g.at("allowedHosts"))
+    return GatewayConfig(
+        port,
+        cast(BindMode, bind),
+        custom,
+        proxies,
+        auth,
+        chat,
+        allowed_origins=origins,
+        allowed_hosts=hosts,
+    )
+
+
+def _origins(value: Any, path: str) -> tuple[str, ...]:
+    """Full origins (``scheme://host[:port]``), ``null`` or ``*``; lower-cased."""
+    out = []
+    for origin in _strs(value, path):
+        o = origin.strip().lower().rstrip("/")
+        if o not in ("*", "null") and not re.fullmatch(r"[a-z][a-z0-9+.-]*://[^/?#\s@]+", o):
+            raise ConfigError(
+                f"{path}: {origin!r} is not an origin (write it as scheme://host[:port])"
+            )
+        out.append(o)
+    return tuple(out)
+
+
+def _hosts(value: Any, path: str) -> tuple[str, ...]:
+    """Host names or IP addresses (no scheme, no port), or ``*``; lower-cased."""
+    out = []
+    for host in _strs(value, path):
+        h = host.strip().lower().rstrip(".")
+        if h.startswith("[") and h.endswith("]"):
+            h = h[1:-1]
+        if not (h == "*" or re.fullmatch(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*", h) or _is_ipv6(h)):
+            raise ConfigError(f"{path}: {host!r} is not a host name (no scheme, path or port)")
+        out.append(h)
+    return tuple(out)
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _auth(a: _Keys, environ: Mapping[str, str]) -> AuthConfig:

@@ -41,10 +41,11 @@ from .agents.roster import Roster
 from .agents.runner import AgentRunner
 from .agents.sessions import DiskSessionStore
 from .agents.store import ISessionStore
-from .auth import Authenticator, ClientAddress
+from .auth import Authenticator, ClientAddress, forwarded_for
 from .config import Config
 from .providers.registry import Providers
 from .web.app import GatewayHTTP
+from .web.origin import BrowserPolicy
 from .web.request import GatewaySite
 from .web.root import GatewayRoot
 
@@ -142,8 +143,8 @@ class Gateway:
         self.config = config
         self.reactor = reactor
         self.http = http if http is not None else http_client(reactor)
-        self.auth = Authenticator(config.gateway.auth, reactor)
         self.client_address = ClientAddress.from_config(config.gateway.trusted_proxies)
+        self.auth = Authenticator(config.gateway.auth, reactor, self.client_address)
         self.roster = Roster.from_config(config)
         self.providers = providers or Providers.from_config(config, self.http, reactor)
         # Sessions live under the state dir unless a store is injected (tests, embedding);
@@ -166,13 +167,17 @@ class Gateway:
         """The client's IP (the forwarded one behind a trusted proxy)."""
         peer = request.getClientAddress()
         host = getattr(peer, "host", "") or ""
-        forwarded = request.getHeader(b"x-forwarded-for")
-        return self.client_address.resolve(host, forwarded.decode("latin-1") if forwarded else None)
+        forwarded = forwarded_for(request.requestHeaders.getRawHeaders(b"x-forwarded-for"))
+        return self.client_address.resolve(host, forwarded)
 
     def resource(self) -> IResource:
         """The root resource: HTTP routes and the WebSocket protocol, for any ``Site``."""
         if self._root is None:
-            self._root = GatewayRoot(self._http_app.app.resource(), self.websocket_resource)
+            self._root = GatewayRoot(
+                self._http_app.app.resource(),
+                self.websocket_resource,
+                BrowserPolicy.from_config(self.config.gateway),
+            )
         return self._root
 
     def websocket_resource(self) -> IResource:

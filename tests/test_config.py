@@ -119,7 +119,7 @@ class ValueTests(SynchronousTestCase):
         )
         self.assertEqual(
             sorted(config.ignored),
-            ["agents.list[0].tools", "channels", "gateway.controlUi", "plugins"],
+            ["agents.list[0].tools", "channels", "gateway.controlUi.enabled", "plugins"],
         )
         self.assertEqual(config.agents[0].id, "main")
 
@@ -160,3 +160,29 @@ class ValueTests(SynchronousTestCase):
         self.assertEqual(normalize_agent_id("../../etc"), "etc")
         self.assertEqual(normalize_agent_id("!!!"), "main")
         self.assertEqual(len(normalize_agent_id("x" * 100)), 64)
+
+
+class BrowserKeysTests(SynchronousTestCase):
+    def test_allowed_origins_and_hosts(self) -> None:
+        gateway = parse_config(
+            {
+                "gateway": {
+                    "controlUi": {"allowedOrigins": ["https://UI.example/", "*"]},
+                    "allowedHosts": ["GW.example.", "[::1]"],
+                }
+            },
+            {},
+        ).gateway
+        self.assertEqual(gateway.allowed_origins, ("https://ui.example", "*"))
+        self.assertEqual(gateway.allowed_hosts, ("gw.example", "::1"))
+        self.assertEqual(parse_config({}, {}).gateway.allowed_origins, ())
+
+    def test_bad_values_name_the_key(self) -> None:
+        for data, message in (
+            ({"controlUi": {"allowedOrigins": ["ui.example"]}}, "gateway.controlUi.allowedOrigins"),
+            ({"controlUi": {"allowedOrigins": "https://x"}}, "gateway.controlUi.allowedOrigins"),
+            ({"allowedHosts": ["gw.example:443"]}, "gateway.allowedHosts: 'gw.example:443'"),
+        ):
+            with self.assertRaises(ConfigError) as e:
+                parse_config({"gateway": data}, {})
+            self.assertIn(message, str(e.exception))

@@ -323,22 +323,29 @@ def _number(body: Mapping[str, Any], name: str, lo: float, hi: float) -> float |
     return float(value)
 
 
-def _integer(body: Mapping[str, Any], name: str, *, positive: bool) -> int | None:
+#: The largest token limit passed on: providers take a signed 32-bit count.
+MAX_TOKENS = 2**31 - 1
+#: OpenAI documents ``seed`` as a signed 64-bit integer.
+SEED_RANGE = (-(2**63), 2**63 - 1)
+
+
+def _integer(body: Mapping[str, Any], name: str, lo: int, hi: int) -> int | None:
     value = body.get(name)
     if value is None:
         return None
     if isinstance(value, float) and value.is_integer():
         value = int(value)  # JSON has one number type: 100.0 and 1e3 are integers too
-    if isinstance(value, bool) or not isinstance(value, int) or (positive and value < 1):
-        what = "a positive integer" if positive else "an integer"
-        raise InvalidRequest(f"`{name}` must be {what}.", name, "invalid_value")
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise InvalidRequest(
+            f"`{name}` must be an integer between {lo} and {hi}.", name, "invalid_value"
+        )
     return value
 
 
 def parse_sampling(body: Mapping[str, Any]) -> Sampling:
     """The sampling fields, validated; ``max_completion_tokens`` wins over ``max_tokens``."""
-    max_completion = _integer(body, "max_completion_tokens", positive=True)
-    max_tokens = _integer(body, "max_tokens", positive=True)
+    max_completion = _integer(body, "max_completion_tokens", 1, MAX_TOKENS)
+    max_tokens = _integer(body, "max_tokens", 1, MAX_TOKENS)
     stop = body.get("stop")
     if stop is None:
         stops: tuple[str, ...] = ()
@@ -355,7 +362,7 @@ def parse_sampling(body: Mapping[str, Any]) -> Sampling:
         temperature=_number(body, "temperature", 0, 2),
         top_p=_number(body, "top_p", 0, 1),
         stop=stops,
-        seed=_integer(body, "seed", positive=False),
+        seed=_integer(body, "seed", *SEED_RANGE),
         presence_penalty=_number(body, "presence_penalty", -2, 2),
         frequency_penalty=_number(body, "frequency_penalty", -2, 2),
     )

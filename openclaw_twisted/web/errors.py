@@ -12,11 +12,18 @@ from .._json import utf8
 from ..agents.events import RunError
 
 JSON_TYPE = b"application/json; charset=utf-8"
+#: Reason phrases twisted.web does not know (it would write "Unknown Status").
+REASONS = {
+    421: b"Misdirected Request",
+    426: b"Upgrade Required",
+    429: b"Too Many Requests",
+    431: b"Request Header Fields Too Large",
+}
 
 
 def json_body(request: IRequest, status: int, body: Any, *, no_store: bool = False) -> bytes:
     """Set status and JSON headers on ``request``; return the encoded body."""
-    request.setResponseCode(status)
+    request.setResponseCode(status, REASONS.get(status))
     request.setHeader(b"content-type", JSON_TYPE)
     if no_store:
         request.setHeader(b"cache-control", b"no-store")
