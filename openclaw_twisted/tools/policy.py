@@ -203,15 +203,16 @@ class ToolsConfig:
                 agents[normalize_agent_id(agent_id)] = AgentToolsConfig(
                     profile=a.profile(), allow=a.names("allow"), deny=a.names("deny"), exec=a.exec()
                 )
-        if strict and unknown:
-            raise ConfigError(unknown[0])
-        return cls(
+        parsed = cls(
             profile=t.profile(),
             allow=t.names("allow"),
             deny=t.names("deny"),
             exec=t.exec(),
             agents=agents,
         )
+        if strict and unknown:
+            raise ConfigError(unknown[0])
+        return parsed
 
     def for_agent(self, agent_id: str) -> EffectivePolicy:
         """The layers and exec switch that apply to ``agent_id`` (its overrides, if any)."""
@@ -292,10 +293,13 @@ class _Obj:
         value = self.value.get(key)
         if value is None:
             return ()
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        if not isinstance(value, list):
             raise ConfigError(
                 f"{self.at(key)}: expected an array of tool names or groups, got {_kind(value)}"
             )
+        for i, v in enumerate(value):
+            if not isinstance(v, str):
+                raise ConfigError(f"{self.at(key)}[{i}]: expected a tool name, got {_kind(v)}")
         return tuple(v for v in value if v.strip())
 
     def profile(self) -> ToolProfile | None:
