@@ -150,13 +150,16 @@ class ExecProtocol(ProcessProtocol):
             return False
         return True
 
+    def processExited(self, reason: Failure) -> None:
+        # The shell is gone; whatever it left running in the background goes with it (and
+        # with those, the pipes they still hold open, so the call ends now, not at timeout).
+        self._kill_group()
+
     def processEnded(self, reason: Failure) -> None:
         self._gone = True
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
-        # The shell is gone; whatever it left running in the background goes with it.
-        self._kill_group()
         if not self.result.called:
             self.result.callback(self._build(reason))
         self.ended.callback(None)

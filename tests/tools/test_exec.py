@@ -221,6 +221,14 @@ class ExecTests(TestCase):
         self.reap_on_failure(leftover)
         await until_gone(leftover)
 
+    async def test_leftovers_holding_the_output_open_do_not_hold_the_call(self) -> None:
+        """``cmd &`` keeps the pipe open; the call still ends when the shell does."""
+        result = await self.run_command("sleep 60 & echo $!")
+        leftover = int(result.content)
+        self.reap_on_failure(leftover)
+        self.assertFalse(result.details["timedOut"])
+        await until_gone(leftover)
+
     async def test_no_process_reactor_refuses(self) -> None:
         context = ToolContext(workspace=self.ws, clock=self.clock)
         result = await self.registry().invoke("exec", {"command": "true"}, context)

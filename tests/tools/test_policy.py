@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
+import json5
 from twisted.trial.unittest import SynchronousTestCase
 
 from openclaw_twisted.config import ConfigError
@@ -169,3 +171,16 @@ class ConfigValidationTests(SynchronousTestCase):
         )
         self.assertEqual(ignored, ["tools.byProvider: unknown key"])
         self.assertEqual(config.deny, ("exec",))
+
+
+class ReadmeExampleTests(SynchronousTestCase):
+    def test_the_readme_tools_example_means_what_it_says(self) -> None:
+        readme = os.path.join(os.path.dirname(__file__), "..", "..", "README.md")
+        with open(readme) as f:
+            section = f.read().split("## Tools (preview)", 1)[1]
+        example = json5.loads(section.split("```json5", 1)[1].split("```", 1)[0])
+        self.assertEqual(names(example, "main"), ["read", "edit", "ls", "find"])
+        self.assertEqual(names(example, "ops"), ["read", "edit", "ls", "find", "exec"])
+        exec_tool = effective_tools(example, "ops").get("exec")
+        assert isinstance(exec_tool, ExecTool)
+        self.assertEqual(exec_tool.timeout_seconds, 30.0)
