@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -12,7 +11,7 @@ from twisted.python.failure import Failure
 from twisted.web.server import Request
 from zope.interface import implementer
 
-from .._json import utf8
+from .._json import dumps
 from ..agents.events import RunError, RunEvent
 from ..agents.runner import Run
 from .errors import run_error_reply
@@ -31,7 +30,7 @@ SSE_HEADERS = (
 
 def frame(data: Any) -> bytes:
     """One SSE ``data:`` frame (compact JSON never contains a newline)."""
-    return b"data: " + utf8(json.dumps(data, separators=(",", ":"), ensure_ascii=False)) + b"\n\n"
+    return b"data: " + dumps(data) + b"\n\n"
 
 
 def usage_json(usage: dict[str, Any]) -> dict[str, int]:
@@ -139,7 +138,7 @@ class CompletionStream:
             self._end(DONE)
         elif event.stream == "assistant":
             before, after = self._content_frame
-            text = utf8(json.dumps(event.data["delta"], ensure_ascii=False))
+            text = dumps(event.data["delta"])
             self._write(before + text + after)
         elif event.phase == "end":
             stop = event.data.get("stopReason")
