@@ -42,7 +42,8 @@ EVENT_BUFFER = 16
 #: was reached (stopReason ``length``), or by the run timeout, whichever comes first.
 MAX_ANSWER_CHARS = 32 * 1024 * 1024
 
-CancelReason = Literal["aborted", "agent_timeout", "shutdown"]
+#: ``internal_error``: an edge could not deliver the run's events (a bug, a broken transport).
+CancelReason = Literal["aborted", "agent_timeout", "shutdown", "internal_error"]
 T = TypeVar("T")
 SHUTDOWN_MESSAGE = "The gateway is shutting down."
 
@@ -52,6 +53,7 @@ def _cancelled(run: Run) -> RunError:
     message = {
         "agent_timeout": f"The agent run took longer than {run.agent.timeout_seconds:g}s.",
         "shutdown": SHUTDOWN_MESSAGE,
+        "internal_error": "Internal error.",
     }.get(reason, "The run was cancelled.")
     return RunError(reason, message)
 
