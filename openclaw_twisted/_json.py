@@ -1,4 +1,4 @@
-"""Strict JSON decoding for untrusted input, and UTF-8 output that survives lone surrogates."""
+"""The package's JSON: strict decoding of untrusted input, and the one encoder for output."""
 
 from __future__ import annotations
 
@@ -48,3 +48,13 @@ def utf8(text: str) -> bytes:
         return text.encode()
     except UnicodeEncodeError:
         return _LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text).encode()
+
+
+def dumps(value: Any, *, indent: int | None = None) -> bytes:
+    """
+    ``value`` as UTF-8 JSON: compact (or indented by ``indent``), non-ASCII text as itself,
+    a lone surrogate as its escape (L{utf8}).  Every frame, body and file the gateway writes
+    goes through here, so none of them can fail on text a model sent.
+    """
+    separators = (",", ":") if indent is None else (",", ": ")
+    return utf8(json.dumps(value, ensure_ascii=False, indent=indent, separators=separators))

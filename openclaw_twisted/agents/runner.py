@@ -42,7 +42,8 @@ EVENT_BUFFER = 16
 #: was reached (stopReason ``length``), or by the run timeout, whichever comes first.
 MAX_ANSWER_CHARS = 32 * 1024 * 1024
 
-CancelReason = Literal["aborted", "agent_timeout", "shutdown"]
+#: ``internal_error``: an edge could not deliver the run's events (a bug, a broken transport).
+CancelReason = Literal["aborted", "agent_timeout", "shutdown", "internal_error"]
 T = TypeVar("T")
 SHUTDOWN_MESSAGE = "The gateway is shutting down."
 
@@ -52,6 +53,7 @@ def _cancelled(run: Run) -> RunError:
     message = {
         "agent_timeout": f"The agent run took longer than {run.agent.timeout_seconds:g}s.",
         "shutdown": SHUTDOWN_MESSAGE,
+        "internal_error": "Internal error.",
     }.get(reason, "The run was cancelled.")
     return RunError(reason, message)
 
@@ -90,6 +92,11 @@ class Run:
         self._waiters: list[Deferred[RunResult]] = []
         self.started = False
         self.result: RunResult | None = None
+        #: The model ref that answered, or the last one asked when none did (for the log).
+        self.model: str | None = None
+        #: The model's usage, once it reported one (``None``: unknown, as in the log line).
+        self.tokens: Usage | None = None
+        self._created = clock.seconds()
 
     def next_event(self) -> Deferred[RunEvent | None]:
         """The next event; ``None`` after the last (``lifecycle`` ``end`` or ``error``)."""
@@ -255,6 +262,7 @@ class _Streaming:
                 self._finish()
         elif isinstance(event, Finish):
             self.stop, self.usage = event.stop_reason, event.usage
+            self.run.tokens = event.usage
 
     def _finish(self) -> None:
         if not self._done.called:
@@ -274,11 +282,15 @@ class AgentRunner:
         providers: Providers,
         store: ISessionStore,
         clock: IReactorTime,
+        *,
+        log: Logger = log,
     ) -> None:
         self.roster = roster
         self.providers = providers
         self.store = store
         self.clock = clock
+        #: Where the one line per finished run goes (``log_run_end``).
+        self.log = log
         self.active: dict[str, Run] = {}
         self.listeners: list[Callable[[Run, RunEvent], object]] = []
         self._lanes: dict[str, DeferredLock] = {}
@@ -354,6 +366,7 @@ class AgentRunner:
         timer: IDelayedCall | None = None
         error: RunError | None = None
         started_ms = run._now_ms()
+        asked: list[str] = []
         if agent.timeout_seconds > 0:
             timer = self.clock.callLater(agent.timeout_seconds, run.cancel, "agent_timeout")
         try:
@@ -367,11 +380,13 @@ class AgentRunner:
             system = system_prompt(agent, req.extra_system_prompt)
 
             def make(model: str) -> ModelRequest:
+                asked.append(model)
                 return ModelRequest(model, system, messages, req.sampling)
 
             ref, opened = await run._wait(
                 ensureDeferred(self.providers.open(agent.model.refs, make))
             )
+            run.model = ref
             stream = opened
             run._check()
             run.started = True
@@ -397,6 +412,8 @@ class AgentRunner:
                 timer.cancel()
             if stream is not None:
                 stream.cancel()
+            if run.model is None and (asked or error is not None):
+                run.model = self._asked_ref(agent.model.refs, len(asked))
         # The transcript is durable before the final event, so whoever sees the end of a
         # turn (SSE [DONE], WS final, CLI exit) can rely on it being on disk.
         try:
@@ -441,9 +458,67 @@ class AgentRunner:
         else:
             run._emit("lifecycle", {"phase": "error", "error": error.to_json()})
         self.active.pop(run.run_id, None)
-        run._finish(
-            RunResult(run.run_id, run.session_key, run.agent.id, text, stop, usage, error)  # type: ignore[arg-type]
+        result = RunResult(run.run_id, run.session_key, run.agent.id, text, stop, usage, error)  # type: ignore[arg-type]
+        self.log_run_end(run, result)
+        run._finish(result)
+
+    def _asked_ref(self, refs: tuple[str, ...], asked: int) -> str | None:
+        """
+        The ref of the last model asked: ``Providers.open`` asks each ref that resolves, in
+        order, until one accepts; when none resolves, the last ref's error is the one raised.
+        """
+        resolving = [r for r in refs if self._resolves(r)][:asked]
+        return resolving[-1] if resolving else (refs[-1] if refs else None)
+
+    def _resolves(self, ref: str) -> bool:
+        try:
+            self.providers.resolve(ref)
+        except ProviderError:
+            return False
+        return True
+
+    def log_run_end(self, run: Run, result: RunResult) -> None:
+        """
+        The one log line of a finished run, however it ended: info when it answered, warning
+        otherwise.  Every value is a named field (``jsonFileLogObserver`` writes them as keys):
+        ``run_id``, ``agent_id``, ``session_key``, ``model`` (the ref that answered, or the
+        last one asked; ``None`` if the run never reached a model), ``outcome`` (``ok`` or the
+        error kind: ``aborted``, ``agent_timeout``, ``shutdown``, ``unavailable``, ...),
+        ``stop_reason``, ``upstream_status`` (the provider's HTTP status when it answered
+        with an error), ``duration_ms`` (queued time included), ``tokens`` (``{input, output,
+        total}``, ``None`` when the model reported none) and ``error`` (the error's message,
+        already free of credentials).  Never the prompt or the answer.
+        """
+        error = result.error
+        tokens = run.tokens.to_json() if run.tokens is not None else None
+        fields: dict[str, Any] = {
+            "run_id": run.run_id,
+            "agent_id": run.agent.id,
+            "session_key": run.session_key,
+            "model": run.model,
+            "outcome": "ok" if error is None else error.kind,
+            "stop_reason": result.stop_reason,
+            "upstream_status": error.status if error is not None else None,
+            "duration_ms": round((self.clock.seconds() - run._created) * 1000),
+            "tokens": tokens,
+            "error": error.message if error is not None else None,
+        }
+        about = "agent {agent_id}, session {session_key}, " + (
+            "model {model}, " if run.model is not None else "no model, "
         )
+        took = "{duration_ms} ms, " + (
+            "tokens {tokens[input]} in / {tokens[output]} out"
+            if tokens is not None
+            else "tokens unknown"
+        )
+        if error is None:
+            self.log.info("run {run_id} ok ({stop_reason}): " + about + took, **fields)
+        else:
+            status = " (upstream status {upstream_status})" if error.status is not None else ""
+            self.log.warn(
+                "run {run_id} failed: {outcome}" + status + ": {error}; " + about + took,
+                **fields,
+            )
 
     def shutdown(self, grace_seconds: float) -> Deferred[None]:
         """Let runs in flight finish for ``grace_seconds``, then cancel the rest."""

@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from .._json import dumps
 from ..config import normalize_agent_id
 from ..providers.interface import Message
 from .store import ISessionStore, messages_from
@@ -429,16 +430,13 @@ class DiskSessionStore:
         return t
 
 
-def _json(value: Any, **kw: Any) -> bytes:
-    """UTF-8 JSON; text with a lone surrogate (legal in JSON input) is written escaped."""
-    try:
-        return json.dumps(value, ensure_ascii=False, **kw).encode("utf-8")
-    except UnicodeEncodeError:
-        return json.dumps(value, ensure_ascii=True, **kw).encode("ascii")
+def _json(value: Any, indent: int | None = None) -> bytes:
+    """UTF-8 JSON by the package's one encoder (a lone surrogate is written escaped)."""
+    return dumps(value, indent=indent)
 
 
 def _line(record: dict[str, Any]) -> bytes:
-    return _json(record, separators=(",", ":")) + b"\n"
+    return _json(record) + b"\n"
 
 
 def _read_from(t: _Transcript) -> None:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import attrs
 from twisted.web.iweb import IRequest
 
-from .._json import utf8
+from .._json import dumps
 from ..agents.events import RunError
 
 JSON_TYPE = b"application/json; charset=utf-8"
@@ -27,7 +26,7 @@ def json_body(request: IRequest, status: int, body: Any, *, no_store: bool = Fal
     request.setHeader(b"content-type", JSON_TYPE)
     if no_store:
         request.setHeader(b"cache-control", b"no-store")
-    data = utf8(json.dumps(body, separators=(",", ":"), ensure_ascii=False))
+    data = dumps(body)
     request.setHeader(b"content-length", b"%d" % len(data))
     return data
 

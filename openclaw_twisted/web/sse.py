@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -12,7 +11,7 @@ from twisted.python.failure import Failure
 from twisted.web.server import Request
 from zope.interface import implementer
 
-from .._json import utf8
+from .._json import dumps
 from ..agents.events import RunError, RunEvent
 from ..agents.runner import Run
 from .errors import run_error_reply
@@ -31,7 +30,7 @@ SSE_HEADERS = (
 
 def frame(data: Any) -> bytes:
     """One SSE ``data:`` frame (compact JSON never contains a newline)."""
-    return b"data: " + utf8(json.dumps(data, separators=(",", ":"), ensure_ascii=False)) + b"\n\n"
+    return b"data: " + dumps(data) + b"\n\n"
 
 
 def usage_json(usage: dict[str, Any]) -> dict[str, int]:
@@ -52,6 +51,8 @@ class CompletionStream:
     It is the request's push producer: while the transport is paused it does not ask the run
     for the next event, so the run stops pulling from the model and the provider's body is
     paused in turn.  ``done`` fires once the response is finished or the client has gone.
+    A write that fails cancels the run (it must not wait for a reader that will never pull
+    again, holding its session's lane) and ends the response, or drops the connection.
     """
 
     def __init__(
@@ -94,7 +95,11 @@ class CompletionStream:
         for name, value in SSE_HEADERS:
             request.setHeader(name, value)
         request.registerProducer(self, True)
-        self._write(self._chunk({"role": "assistant"}))
+        try:
+            self._write(self._chunk({"role": "assistant"}))
+        except Exception:
+            self._undeliverable(Failure())
+            return
         self._pull()
 
     # IPushProducer
@@ -130,7 +135,7 @@ class CompletionStream:
         try:
             self._write_event(event)
         except Exception:
-            self._broken(Failure())
+            self._undeliverable(Failure())
             return
         self._pull()
 
@@ -139,7 +144,7 @@ class CompletionStream:
             self._end(DONE)
         elif event.stream == "assistant":
             before, after = self._content_frame
-            text = utf8(json.dumps(event.data["delta"], ensure_ascii=False))
+            text = dumps(event.data["delta"])
             self._write(before + text + after)
         elif event.phase == "end":
             stop = event.data.get("stopReason")
@@ -156,12 +161,29 @@ class CompletionStream:
 
     def _broken(self, failure: Failure) -> None:
         self._waiting = None
-        if self._ended:
-            return
+        if not self._ended:
+            self._undeliverable(failure)
+
+    def _undeliverable(self, failure: Failure) -> None:
+        """An event could not be written: cancel the run, then end as best the socket allows."""
         log.failure("chat completion stream failed", failure)
-        self.run.cancel()
-        reply = run_error_reply(RunError("internal_error", "Internal error."))
-        self._end(frame(reply.envelope()) + DONE)
+        self.run.cancel("internal_error")
+        if not self._ended:
+            reply = run_error_reply(RunError("internal_error", "Internal error."))
+            try:
+                self._end(frame(reply.envelope()) + DONE)
+                return
+            except Exception:
+                log.failure("could not end the chat completion stream")
+        # Nothing more can be written: a cut connection is what the client can still see.
+        self._ended = True
+        if self._ping is not None and self._ping.active():
+            self._ping.cancel()
+        transport = getattr(self.request.channel, "transport", None)
+        if transport is not None:
+            transport.abortConnection()
+        if not self.done.called:
+            self.done.callback(None)
 
     # Writing
 
@@ -199,7 +221,10 @@ class CompletionStream:
             # Bytes are already waiting for the client: the connection is not idle.
             self._arm(self.heartbeat)
         else:
-            self._write(PING)
+            try:
+                self._write(PING)
+            except Exception:
+                self._undeliverable(Failure())
 
     def _end(self, last: bytes) -> None:
         self._ended = True

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
+from .._json import dumps
 from ..agents.roster import agent_from_session_key, main_session_key
 from ..config import normalize_agent_id
 from ..providers.registry import split_ref
@@ -31,11 +31,6 @@ class MethodError(Exception):
         if self.details:
             error["details"] = self.details
         return error
-
-
-def dumps(obj: Any) -> bytes:
-    """Compact UTF-8 JSON, as every frame is sent."""
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
 def invalid(message: str) -> MethodError:

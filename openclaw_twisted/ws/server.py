@@ -454,7 +454,13 @@ class GatewayWebSocket(WebSocketServerProtocol):
         return tracked, True
 
     async def _pump(self, run: Run, send: Callable[[RunEvent], object]) -> None:
-        """Pull the run's events only while the socket takes them (backpressure to the model)."""
+        """
+        Pull the run's events only while the socket takes them (backpressure to the model).
+
+        An event that cannot be sent cancels the run (else it would wait for this reader
+        forever, holding its session's lane); of the rest only the last event is tried.
+        """
+        failed = False
         try:
             while True:
                 if self.outbox is not None:
@@ -462,7 +468,18 @@ class GatewayWebSocket(WebSocketServerProtocol):
                 event = await run.next_event()
                 if event is None:
                     return
-                send(event)
+                if failed and event.phase not in ("end", "error"):
+                    continue
+                try:
+                    send(event)
+                except Exception:
+                    log.failure(
+                        "could not send run {run_id}'s event to WebSocket client {conn}",
+                        run_id=run.run_id,
+                        conn=self.conn_id,
+                    )
+                    failed = True
+                    run.cancel("internal_error")
         finally:
             self._own.discard(run.run_id)
 
