@@ -99,37 +99,23 @@ def run_error(error: RunError, run_id: str) -> MethodError:
 class _Watch:
     """One run's answer on its way to the observers: how much of it each has had."""
 
-    def __init__(self, run_id: str, keeps_text: bool) -> None:
+    def __init__(self, run_id: str) -> None:
         self.run_id = run_id
-        #: The deltas, joined here for a run that keeps none of its text (only once watched).
-        self._parts: list[str] | None = None if keeps_text else []
+        #: The deltas seen since the run was first watched (the first may be all before it).
+        self.parts: list[str] = []
         self.latest: RunEvent | None = None
-        #: Characters of the answer so far (of what this watch has seen).
-        self.size = 0
-        #: Characters each observer has been sent.
+        #: How many of ``parts`` each observer has been sent.
         self.sent: dict[GatewayWebSocket, int] = {}
         self.flushed_at = float("-inf")
         self.timer: IDelayedCall | None = None
 
-    def add(self, event: RunEvent) -> None:
-        delta: str = event.data["delta"]
-        if self._parts is not None:
-            self._parts.append(delta)
-            self.size += len(delta)
-        elif self.latest is None:
+    def add(self, event: RunEvent, keeps_text: bool) -> None:
+        if self.latest is None and keeps_text:
             # Watched from mid-run: the answer so far, joined once.
-            self.size = len(event.text)
+            self.parts.append(event.text)
         else:
-            self.size += len(delta)
+            self.parts.append(event.data["delta"])
         self.latest = event
-
-    def text(self) -> str:
-        if self._parts is not None:
-            joined = "".join(self._parts)
-            self._parts[:] = [joined]
-            return joined
-        assert self.latest is not None
-        return self.latest.text
 
 
 class GatewayWebSocket(WebSocketServerProtocol):
@@ -703,9 +689,8 @@ class GatewayWebSocketFactory(WebSocketServerFactory):
             if watch is None:
                 if not self._observers(run_id):
                     return
-                keeps_text = run.request.keep_text or run.request.persist
-                watch = self._watches[run_id] = _Watch(run_id, keeps_text)
-            watch.add(event)
+                watch = self._watches[run_id] = _Watch(run_id)
+            watch.add(event, run.request.keep_text or run.request.persist)
             if watch.timer is None:
                 due = watch.flushed_at + BROADCAST_INTERVAL - self.clock.seconds()
                 if due <= 0:
@@ -725,9 +710,9 @@ class GatewayWebSocketFactory(WebSocketServerFactory):
 
     def _flush(self, watch: _Watch, force: bool = False) -> None:
         """
-        One ``assistant`` event to each observer with the deltas it has not had merged into
-        its ``delta`` (and the cumulative ``text``). An observer whose socket is backed up is
-        passed over until it drains (the next interval) instead of queueing more.
+        One ``assistant`` event to each observer, its ``delta`` all the deltas it has not had
+        yet. An observer whose socket is backed up is passed over until it drains (tried
+        again an interval later) instead of queueing more; ``force`` sends to every one.
         """
         if watch.timer is not None:
             if watch.timer.active():
@@ -737,33 +722,31 @@ class GatewayWebSocketFactory(WebSocketServerFactory):
         if latest is None:
             return
         watch.flushed_at = self.clock.seconds()
-        size = watch.size
+        count = len(watch.parts)
         groups: dict[int, list[GatewayWebSocket]] = {}
         behind = False
         for conn in self._observers(watch.run_id):
             had = watch.sent.get(conn, 0)
-            if had >= size:
+            if had >= count:
                 continue
             if not force and not conn.takes_more():
                 behind = True
                 continue
             groups.setdefault(had, []).append(conn)
-        if groups:
-            text = watch.text()
-            for had, conns in groups.items():
-                payload = dumps(
-                    {
-                        "runId": latest.run_id,
-                        "seq": latest.seq,
-                        "ts": latest.ts,
-                        "sessionKey": latest.session_key,
-                        "stream": "assistant",
-                        "data": {**latest.data, "delta": text[had:], "text": text},
-                    }
-                )
-                for conn in conns:
-                    conn.send_encoded_event("agent", payload)
-                    watch.sent[conn] = size
+        for had, conns in groups.items():
+            payload = dumps(
+                {
+                    "runId": latest.run_id,
+                    "seq": latest.seq,
+                    "ts": latest.ts,
+                    "sessionKey": latest.session_key,
+                    "stream": "assistant",
+                    "data": {"delta": "".join(watch.parts[had:])},
+                }
+            )
+            for conn in conns:
+                conn.send_encoded_event("agent", payload)
+                watch.sent[conn] = count
         if behind and not force:
             watch.timer = self.clock.callLater(BROADCAST_INTERVAL, self._flush, watch)
 
