@@ -178,6 +178,8 @@ class Bench:
             "gateway": {
                 "auth": {"mode": "token", "token": TOKEN},
                 "http": {"endpoints": {"chatCompletions": {"enabled": True}}},
+                # Scenario 4 opens 2,000 streams from one address: past the default caps.
+                "limits": {"maxRunsPerClient": 100_000, "maxUpstreamConnections": 100_000},
             },
             "models": {
                 "providers": {

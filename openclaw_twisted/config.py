@@ -70,6 +70,24 @@ class ChatCompletionsConfig:
 
 
 @attrs.frozen
+class LimitsConfig:
+    """``gateway.limits``: what one client, and all of them together, may make the gateway do."""
+
+    #: Runs one WebSocket connection may have in flight.
+    max_runs_per_connection: int = 16
+    #: Runs one client address may have in flight, over all its connections and HTTP requests.
+    max_runs_per_client: int = 128
+    #: Model provider requests in flight at once, gateway-wide (each holds a connection).
+    max_upstream_connections: int = 512
+    #: Runs that may wait for one of those; past it a run is refused at once.
+    max_upstream_waiting: int = 1024
+    #: How long a run may wait for a provider connection before it fails.
+    upstream_wait_ms: int = 30_000
+    #: The listening socket's accept queue (the kernel caps it at net.core.somaxconn).
+    listen_backlog: int = 1024
+
+
+@attrs.frozen
 class GatewayConfig:
     port: int = DEFAULT_PORT
     bind: BindMode = "loopback"
@@ -83,6 +101,7 @@ class GatewayConfig:
     #: ``gateway.allowedHosts``: ``Host`` names served on a loopback connection besides
     #: ``localhost`` and loopback addresses (``*`` = any).
     allowed_hosts: tuple[str, ...] = ()
+    limits: LimitsConfig = LimitsConfig()
 
     @property
     def bind_host(self) -> str:
@@ -398,6 +417,7 @@ def _gateway(g: _Keys, environ: Mapping[str, str]) -> GatewayConfig:
         with g.obj("controlUi") as ui:
             origins = _origins(ui.get("allowedOrigins"), ui.at("allowedOrigins"))
         hosts = _hosts(g.get("allowedHosts"), g.at("allowedHosts"))
+        limits = _limits(g.obj("limits"))
     return GatewayConfig(
         port,
         cast(BindMode, bind),
@@ -407,6 +427,7 @@ def _gateway(g: _Keys, environ: Mapping[str, str]) -> GatewayConfig:
         chat,
         allowed_origins=origins,
         allowed_hosts=hosts,
+        limits=limits,
     )
 
 
@@ -442,6 +463,37 @@ def _is_ipv6(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _limits(k: _Keys) -> LimitsConfig:
+    d = LimitsConfig()
+    with k:
+        return LimitsConfig(
+            max_runs_per_connection=_int(
+                k.get("maxRunsPerConnection"),
+                k.at("maxRunsPerConnection"),
+                d.max_runs_per_connection,
+                lo=1,
+            ),
+            max_runs_per_client=_int(
+                k.get("maxRunsPerClient"), k.at("maxRunsPerClient"), d.max_runs_per_client, lo=1
+            ),
+            max_upstream_connections=_int(
+                k.get("maxUpstreamConnections"),
+                k.at("maxUpstreamConnections"),
+                d.max_upstream_connections,
+                lo=1,
+            ),
+            max_upstream_waiting=_int(
+                k.get("maxUpstreamWaiting"), k.at("maxUpstreamWaiting"), d.max_upstream_waiting
+            ),
+            upstream_wait_ms=_int(
+                k.get("upstreamWaitMs"), k.at("upstreamWaitMs"), d.upstream_wait_ms, lo=1
+            ),
+            listen_backlog=_int(
+                k.get("listenBacklog"), k.at("listenBacklog"), d.listen_backlog, lo=1, hi=65535
+            ),
+        )
 
 
 def _auth(a: _Keys, environ: Mapping[str, str]) -> AuthConfig:

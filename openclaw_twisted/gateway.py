@@ -43,6 +43,7 @@ from .agents.sessions import DiskSessionStore
 from .agents.store import ISessionStore
 from .auth import Authenticator, ClientAddress, forwarded_for
 from .config import Config
+from .limits import GatedProviders, RunLimits, UpstreamGate
 from .providers.registry import Providers
 from .web.app import GatewayHTTP
 from .web.origin import BrowserPolicy
@@ -146,7 +147,11 @@ class Gateway:
         self.client_address = ClientAddress.from_config(config.gateway.trusted_proxies)
         self.auth = Authenticator(config.gateway.auth, reactor, self.client_address)
         self.roster = Roster.from_config(config)
-        self.providers = providers or Providers.from_config(config, self.http, reactor)
+        self.limits = RunLimits.from_config(config.gateway.limits)
+        self.providers = GatedProviders.gating(
+            providers or Providers.from_config(config, self.http, reactor),
+            UpstreamGate.from_config(reactor, config.gateway.limits),
+        )
         # Sessions live under the state dir unless a store is injected (tests, embedding);
         # their fsyncs run on the reactor's thread pool when it has one.
         threads = IReactorThreads.providedBy(reactor) and IReactorFromThreads.providedBy(reactor)

@@ -18,6 +18,7 @@ from twisted.python import usage
 from .auth import is_loopback
 from .config import Config, ConfigError, load_config
 from .gateway import DEFAULT_GRACE_SECONDS, Gateway
+from .limits import with_backlog
 
 log = Logger()
 
@@ -85,7 +86,7 @@ def resolve(options: Mapping[str, Any], environ: Mapping[str, str]) -> tuple[Con
         auth = attrs.evolve(auth, token=secrets.token_hex(24))
         log.info("generated gateway token (no token configured): {token}", token=auth.token)
     config = attrs.evolve(config, gateway=attrs.evolve(gw, auth=auth))
-    return config, endpoint
+    return config, with_backlog(endpoint, gw.limits.listen_backlog)
 
 
 def _escape(host: str) -> str:

@@ -30,7 +30,7 @@ class PluginTests(SynchronousTestCase):
 class ResolveTests(SynchronousTestCase):
     def test_defaults(self) -> None:
         config, endpoint = tap.resolve({}, {"OPENCLAW_STATE_DIR": self.mktemp()})
-        self.assertEqual(endpoint, "tcp:18789:interface=127.0.0.1")
+        self.assertEqual(endpoint, "tcp:18789:interface=127.0.0.1:backlog=1024")
         token = config.gateway.auth.token
         assert token is not None
         self.assertRegex(token, r"^[0-9a-f]{48}$")
@@ -38,9 +38,9 @@ class ResolveTests(SynchronousTestCase):
     def test_port_and_bind_options(self) -> None:
         env = {"OPENCLAW_STATE_DIR": self.mktemp(), "OPENCLAW_GATEWAY_TOKEN": "t"}
         _, endpoint = tap.resolve({"port": "1234", "bind": "lan"}, env)
-        self.assertEqual(endpoint, "tcp:1234:interface=0.0.0.0")
+        self.assertEqual(endpoint, "tcp:1234:interface=0.0.0.0:backlog=1024")
         _, endpoint = tap.resolve({"port": "tcp:0:interface=127.0.0.1"}, env)
-        self.assertEqual(endpoint, "tcp:0:interface=127.0.0.1")
+        self.assertEqual(endpoint, "tcp:0:interface=127.0.0.1:backlog=1024")
 
     def test_token_option_wins(self) -> None:
         env = {"OPENCLAW_STATE_DIR": self.mktemp(), "OPENCLAW_GATEWAY_TOKEN": "env"}

@@ -97,6 +97,7 @@ ProviderErrorKind = Literal[
     "bad_request",  # 4xx other than the above: our request was refused
     "timeout",  # no answer in time
     "misconfigured",  # unknown provider or model, unsupported api
+    "overloaded",  # the gateway's own cap on provider requests (gateway.limits)
 ]
 
 

@@ -13,6 +13,7 @@ from twisted.web.server import Request
 from ..agents.events import RunError, RunResult
 from ..agents.runner import Run
 from ..auth import bearer
+from ..limits import TooManyRuns
 from .chat import InvalidRequest, decode_body, parse_chat
 from .errors import ErrorReply, error_body, json_body, not_found, run_error_reply
 from .request import BodyLimit
@@ -122,7 +123,15 @@ class ChatCompletions:
             return error_body(
                 request, 400, e.message, "invalid_request_error", param=e.param, code=e.code
             )
+        client = self.gateway.client_ip(request)
+        try:
+            self.gateway.limits.admit(client)
+        except TooManyRuns as e:
+            return ErrorReply(
+                429, e.message, "rate_limit_error", "too_many_runs", retry_after="1"
+            ).render(request)
         run = self.gateway.runner.start(chat.run)
+        self.gateway.limits.hold(client, run)
         cast(Request, request).notifyFinish().addErrback(lambda _: run.cancel())
         try:
             first = await run.next_event()

@@ -139,6 +139,10 @@ def run_error_reply(error: RunError) -> ErrorReply:
             "upstream_misconfigured",
             retry=False,
         )
+    if kind == "overloaded":
+        return ErrorReply(
+            503, message, "api_error", "gateway_overloaded", retry_after=error.retry_after
+        )
     if kind == "agent_timeout":
         return ErrorReply(504, message, "timeout", "agent_timeout")
     if kind == "shutdown":

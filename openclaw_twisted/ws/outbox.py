@@ -35,6 +35,11 @@ class Outbox:
         self.paused = False
         self.closed = False
 
+    @property
+    def idle(self) -> bool:
+        """Open, not paused, and nothing waiting: a frame sent now goes straight out."""
+        return not self.closed and not self.paused and not self._queue
+
     def send(self, data: bytes) -> None:
         if self.closed:
             return

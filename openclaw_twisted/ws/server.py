@@ -19,12 +19,13 @@ from autobahn.twisted.websocket import (  # noqa: E402
     WebSocketServerProtocol,
 )
 from twisted.internet.defer import Deferred, ensureDeferred, succeed  # noqa: E402
-from twisted.internet.interfaces import IDelayedCall  # noqa: E402
+from twisted.internet.interfaces import IDelayedCall, IReactorTime  # noqa: E402
 from twisted.logger import Logger  # noqa: E402
 
 from .. import _json as strict_json  # noqa: E402
 from ..agents.events import RunError, RunEvent, RunRequest, RunResult  # noqa: E402
 from ..agents.runner import Run, UnknownAgent  # noqa: E402
+from ..limits import TooManyRuns  # noqa: E402
 from . import methods  # noqa: E402
 from .methods import MethodError, dumps, integer, invalid, text  # noqa: E402
 from .outbox import Outbox  # noqa: E402
@@ -44,6 +45,9 @@ TICK_SECONDS = 30.0
 CONNECT_TIMEOUT_SECONDS = 10.0
 #: Runs remembered for ``agent.wait`` and ``idempotencyKey`` after they end.
 REMEMBERED_RUNS = 256
+#: The shortest time between two ``assistant`` events of one run to an observer (OpenClaw
+#: throttles its chat deltas the same way): the deltas in between go out merged as one.
+BROADCAST_INTERVAL = 0.150
 #: RFC 6455 close codes (Autobahn's public ``sendClose`` only allows 1000 and 3000-4999).
 CLOSE_GOING_AWAY = 1001
 CLOSE_PROTOCOL_ERROR = 1002
@@ -64,6 +68,10 @@ METHODS = (
 EVENTS = ("connect.challenge", "agent", "chat", "tick", "shutdown")
 #: How a run's failure kind becomes a protocol error code.
 ERROR_CODES = {"agent_timeout": "AGENT_TIMEOUT", "aborted": "ABORTED", "internal_error": "INTERNAL"}
+#: Which runs end with the connection that started them: a ``chat.send`` answer goes only to
+#: its requester, while an ``agent`` run is reached again by ``agent.wait`` or its
+#: ``idempotencyKey`` from a new connection (OpenClaw keeps those running too).
+CANCELLED_ON_CLOSE = frozenset({"chat"})
 
 
 def _version() -> str:
@@ -88,6 +96,28 @@ def run_error(error: RunError, run_id: str) -> MethodError:
     return MethodError(ERROR_CODES.get(error.kind, "UNAVAILABLE"), error.message, details)
 
 
+class _Watch:
+    """One run's answer on its way to the observers: how much of it each has had."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        #: The deltas seen since the run was first watched (the first may be all before it).
+        self.parts: list[str] = []
+        self.latest: RunEvent | None = None
+        #: How many of ``parts`` each observer has been sent.
+        self.sent: dict[GatewayWebSocket, int] = {}
+        self.flushed_at = float("-inf")
+        self.timer: IDelayedCall | None = None
+
+    def add(self, event: RunEvent, keeps_text: bool) -> None:
+        if self.latest is None and keeps_text:
+            # Watched from mid-run: the answer so far, joined once.
+            self.parts.append(event.text)
+        else:
+            self.parts.append(event.data["delta"])
+        self.latest = event
+
+
 class GatewayWebSocket(WebSocketServerProtocol):
     """One WebSocket client: challenge, connect, then requests and events."""
 
@@ -106,6 +136,8 @@ class GatewayWebSocket(WebSocketServerProtocol):
         self._timer: IDelayedCall | None = None
         #: Runs this connection started: their events reach it through a pulled pump.
         self._own: set[str] = set()
+        #: Runs this connection started that have not ended, and which method started them.
+        self._in_flight: dict[str, tuple[Run, str]] = {}
         self._tasks: set[Deferred[Any]] = set()
         self._stopping = False
 
@@ -151,6 +183,10 @@ class GatewayWebSocket(WebSocketServerProtocol):
         self._timer = None
         if self.outbox is not None:
             self.outbox.close()
+        # Nobody is left to read these answers.
+        for run, kind in list(self._in_flight.values()):
+            if kind in CANCELLED_ON_CLOSE:
+                run.cancel("aborted")
 
     def _connect_timeout(self) -> None:
         self._timer = None
@@ -200,6 +236,10 @@ class GatewayWebSocket(WebSocketServerProtocol):
                 return
         if self.outbox is not None:
             self.outbox.send(data)
+
+    def takes_more(self) -> bool:
+        """Whether a frame sent now would go straight to the socket (nothing waits)."""
+        return self.outbox is not None and self.outbox.idle
 
     def send_event(self, event: str, payload: dict[str, Any]) -> None:
         """An event with this connection's next ``seq``."""
@@ -439,6 +479,12 @@ class GatewayWebSocket(WebSocketServerProtocol):
         extra = text(params, "extraSystemPrompt") or ""
         if not self._gateway.ready:
             raise MethodError("UNAVAILABLE", "The gateway is shutting down.")
+        limits = self._gateway.limits
+        try:
+            limits.admit(self.client_ip, len(self._in_flight))
+        except TooManyRuns as e:
+            details = {"scope": e.scope, "limit": e.limit, "configKey": e.key}
+            raise MethodError("RATE_LIMITED", e.message, details) from None
         run_id = str(uuid.uuid4())
         # Owned before it starts: a run may emit its first events inside start().
         self._own.add(run_id)
@@ -449,6 +495,9 @@ class GatewayWebSocket(WebSocketServerProtocol):
         except UnknownAgent as e:
             self._own.discard(run_id)
             raise invalid(f"Unknown agent '{e}'.") from None
+        limits.hold(self.client_ip, run)
+        self._in_flight[run_id] = (run, kind)
+        run.wait().addCallback(lambda _: self._in_flight.pop(run_id, None))
         tracked = Tracked(run, self._now_ms())
         self.factory.remember(tracked, kind, key)
         return tracked, True
@@ -621,8 +670,10 @@ class GatewayWebSocketFactory(WebSocketServerFactory):
         self.connections: set[GatewayWebSocket] = set()
         self.runs: OrderedDict[str, Tracked] = OrderedDict()
         self._keys: OrderedDict[tuple[str, str], str] = OrderedDict()
-        #: The deltas observers saw of runs that keep no text of their own, by run id.
-        self._texts: dict[str, list[str]] = {}
+        #: Runs whose ``assistant`` events observers get merged, by run id.
+        self._watches: dict[str, _Watch] = {}
+        #: When merged events go out (the gateway's reactor; a test may set a ``Clock``).
+        self.clock: IReactorTime = gateway.reactor
         gateway.runner.listeners.append(self._broadcast)
 
     def by_key(self, kind: str, key: str) -> Tracked | None:
@@ -644,34 +695,77 @@ class GatewayWebSocketFactory(WebSocketServerFactory):
         while len(self._keys) > REMEMBERED_RUNS:
             self._keys.popitem(last=False)
 
+    def _observers(self, run_id: str) -> list[GatewayWebSocket]:
+        return [c for c in self.connections if c.authenticated and run_id not in c._own]
+
     def _broadcast(self, run: Run, event: RunEvent) -> None:
         """Every run's events go to every other authenticated client (best effort, bounded)."""
-        observers = [c for c in self.connections if c.authenticated and run.run_id not in c._own]
-        keeps_text = run.request.keep_text or run.request.persist
-        if not observers and (keeps_text or run.run_id not in self._texts):
+        run_id = run.run_id
+        watch = self._watches.get(run_id)
+        if event.stream == "assistant":
+            if watch is None:
+                if not self._observers(run_id):
+                    return
+                watch = self._watches[run_id] = _Watch(run_id)
+            watch.add(event, run.request.keep_text or run.request.persist)
+            if watch.timer is None:
+                due = watch.flushed_at + BROADCAST_INTERVAL - self.clock.seconds()
+                if due <= 0:
+                    self._flush(watch)
+                else:
+                    watch.timer = self.clock.callLater(due, self._flush, watch)
             return
-        data = event.to_json()
-        if not keeps_text:
-            data = self._with_whole_text(run.run_id, event, data)
+        if watch is not None and event.phase in ("end", "error"):
+            # Whatever was held back goes out before the end, to every observer.
+            self._flush(watch, force=True)
+            del self._watches[run_id]
+        observers = self._observers(run_id)
         if observers:
-            payload = dumps(data)
+            payload = dumps(event.to_json())
             for conn in observers:
                 conn.send_encoded_event("agent", payload)
 
-    def _with_whole_text(
-        self, run_id: str, event: RunEvent, data: dict[str, Any]
-    ) -> dict[str, Any]:
+    def _flush(self, watch: _Watch, force: bool = False) -> None:
         """
-        Observers get the cumulative ``text`` also of runs that keep none of their answer
-        (``RunRequest.keep_text``): joined here, only while someone is watching.
+        One ``assistant`` event to each observer, its ``delta`` all the deltas it has not had
+        yet. An observer whose socket is backed up is passed over until it drains (tried
+        again an interval later) instead of queueing more; ``force`` sends to every one.
         """
-        if event.stream == "assistant":
-            parts = self._texts.setdefault(run_id, [])
-            parts.append(event.data["delta"])
-            return {**data, "data": {**data["data"], "text": "".join(parts)}}
-        if event.phase in ("end", "error"):
-            self._texts.pop(run_id, None)
-        return data
+        if watch.timer is not None:
+            if watch.timer.active():
+                watch.timer.cancel()
+            watch.timer = None
+        latest = watch.latest
+        if latest is None:
+            return
+        watch.flushed_at = self.clock.seconds()
+        count = len(watch.parts)
+        groups: dict[int, list[GatewayWebSocket]] = {}
+        behind = False
+        for conn in self._observers(watch.run_id):
+            had = watch.sent.get(conn, 0)
+            if had >= count:
+                continue
+            if not force and not conn.takes_more():
+                behind = True
+                continue
+            groups.setdefault(had, []).append(conn)
+        for had, conns in groups.items():
+            payload = dumps(
+                {
+                    "runId": latest.run_id,
+                    "seq": latest.seq,
+                    "ts": latest.ts,
+                    "sessionKey": latest.session_key,
+                    "stream": "assistant",
+                    "data": {"delta": "".join(watch.parts[had:])},
+                }
+            )
+            for conn in conns:
+                conn.send_encoded_event("agent", payload)
+                watch.sent[conn] = count
+        if behind and not force:
+            watch.timer = self.clock.callLater(BROADCAST_INTERVAL, self._flush, watch)
 
     def shutdown(self) -> None:
         """Tell every connected client the gateway is going away."""

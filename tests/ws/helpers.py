@@ -124,3 +124,16 @@ async def open_session(
 
 async def serve(test: TestCase, gateway: Gateway) -> str:
     return await listen(test, gateway)
+
+
+async def until_end(session: Session, run_id: str | None = None) -> list[dict[str, Any]]:
+    """The ``agent`` events ``session`` gets of one run, up to its lifecycle end or error."""
+    seen: list[dict[str, Any]] = []
+    while True:
+        event = await session.event("agent")
+        payload = event["payload"]
+        if run_id is not None and payload["runId"] != run_id:
+            continue
+        seen.append(event)
+        if payload["stream"] == "lifecycle" and payload["data"].get("phase") in ("end", "error"):
+            return seen

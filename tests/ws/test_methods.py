@@ -13,7 +13,7 @@ from openclaw_twisted.testing import Script, ScriptedProvider
 from openclaw_twisted.ws import methods
 
 from ..support import http_client
-from .helpers import TOKEN, Session, make_gateway, open_session, serve
+from .helpers import TOKEN, Session, make_gateway, open_session, serve, until_end
 
 SCRIPTED = {
     "gateway": {"auth": {"token": TOKEN}},
@@ -280,33 +280,41 @@ class MethodTests(TestCase):
         req = s.send("agent", {"message": "hi"})
         run_id = (await s.res(req))["payload"]["runId"]
         await s.res(req)
-        seen = [await observer.event("agent") for _ in range(6)]
+        seen = await until_end(observer)
         self.assertEqual({e["payload"]["runId"] for e in seen}, {run_id})
-        self.assertEqual([e["payload"]["seq"] for e in seen], [1, 2, 3, 4, 5, 6])
-        self.assertEqual([e["seq"] for e in seen], [1, 2, 3, 4, 5, 6])
-        # The requester got its run's events once, not a second time as an observer.
+        payloads = [e["payload"] for e in seen]
+        self.assertEqual(payloads[0]["data"]["phase"], "start")
+        # The first delta goes out at once; the ones after it within 150 ms are merged.
+        # Observers get deltas only (the cumulative text would make their bytes quadratic).
+        assistant = [p["data"] for p in payloads if p["stream"] == "assistant"]
+        self.assertEqual(assistant[0], {"delta": "Hello"})
+        self.assertEqual("".join(d["delta"] for d in assistant), "Hello from the script.")
+        self.assertTrue(all(set(d) == {"delta"} for d in assistant))
+        run_seqs = [p["seq"] for p in payloads]
+        self.assertEqual((run_seqs[0], run_seqs[-1]), (1, 6))
+        self.assertEqual(run_seqs, sorted(set(run_seqs)))
+        self.assertEqual([e["seq"] for e in seen], list(range(1, len(seen) + 1)))
+        # The requester got its run's events once (each delta), not a second time as an observer.
         self.assertEqual(len(s.events), 6)
         # Runs started elsewhere (HTTP, CLI --local) reach WS clients too.
         run = self.gateway.runner.start(RunRequest("main", "agent:main:http", "x"))
         await run.wait()
         event = await observer.event("agent")
         self.assertEqual(event["payload"]["runId"], run.run_id)
-        self.assertEqual(event["seq"], 7)
+        self.assertEqual(event["seq"], len(seen) + 1)
 
-    async def test_observers_get_whole_text_of_runs_that_keep_none(self) -> None:
+    async def test_observers_get_the_whole_answer_of_runs_that_keep_none(self) -> None:
         await self.start()
         observer = await open_session(self, self.url, client_id="observer")
         request = RunRequest("main", "agent:main:openai:x", "x", persist=False, keep_text=False)
         run = self.gateway.runner.start(request)
         result = await run.wait()
         self.assertEqual(result.text, "")  # the run itself kept nothing
-        texts = []
-        for _ in range(6):
-            payload = (await observer.event("agent"))["payload"]
-            if payload["stream"] == "assistant":
-                texts.append(payload["data"]["text"])
-        self.assertEqual(texts, ["Hello", "Hello from", "Hello from the", "Hello from the script."])
-        self.assertEqual(self.gateway._ws_factory._texts, {})  # forgotten at the end
+        seen = [e["payload"]["data"] for e in await until_end(observer)]
+        assistant = [d for d in seen if "delta" in d]
+        self.assertEqual(assistant[0]["delta"], "Hello")
+        self.assertEqual("".join(d["delta"] for d in assistant), "Hello from the script.")
+        self.assertEqual(self.gateway._ws_factory._watches, {})  # forgotten at the end
 
     async def test_in_flight_run_answers_before_shutdown_close(self) -> None:
         s = await self.start(Script(hang=True))
