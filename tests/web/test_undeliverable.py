@@ -69,7 +69,8 @@ class LoneSurrogateTests(TestCase):
         seen = []
         while (event := (await observer.event("agent"))["payload"])["data"].get("phase") != "end":
             seen.append(event["data"].get("delta"))
-        self.assertEqual(seen[1:], list(answer))
+        # Observers get the deltas merged (at most one event per 150 ms): the same text.
+        self.assertEqual("".join(d for d in seen if d), "".join(answer))
 
         r = await http.post(url, json=chat(False), headers=headers)
         body = await r.content()
