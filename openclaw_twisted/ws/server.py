@@ -198,7 +198,16 @@ class GatewayWebSocket(WebSocketServerProtocol):
         self._timer = self._gateway.reactor.callLater(TICK_SECONDS, self._tick)
 
     def close(self, code: int, reason: str) -> None:
-        """Start the closing handshake with any RFC 6455 code."""
+        """
+        Start the closing handshake with any RFC 6455 code, after the frames already queued
+        (a ``shutdown`` event waiting in a paused outbox must not be overtaken by the close).
+        """
+        if self.outbox is not None and not self.outbox.closed and not self.outbox.idle:
+            self.outbox.writable().addCallback(lambda _: self._close_now(code, reason))
+            return
+        self._close_now(code, reason)
+
+    def _close_now(self, code: int, reason: str) -> None:
         if self.state == self.STATE_OPEN:
             self.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8")[:123])
 

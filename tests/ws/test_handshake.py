@@ -210,6 +210,20 @@ class HandshakeTests(TestCase):
         session.send("chat.send", {"message": "x" * 2048})
         self.assertEqual(await session.client.closed, 1009)
 
+    async def test_shutdown_event_is_not_overtaken_by_the_close(self) -> None:
+        # The client's socket is backed up when the gateway stops: the shutdown event waits
+        # in the outbox, and the close frame must wait behind it (it used to go out first).
+        url = await self.start()
+        session = await open_session(self, url)
+        (conn,) = ws_factory(self.gateway).connections
+        assert conn.outbox is not None
+        conn.outbox.pauseProducing()
+        await self.gateway.shutdown(0)
+        conn.outbox.resumeProducing()
+        event = await session.event("shutdown")
+        self.assertEqual(event["payload"]["reason"], "gateway stopping")
+        self.assertEqual(await session.client.closed, 1001)
+
     async def test_shutdown_event_then_close(self) -> None:
         url = await self.start()
         session = await open_session(self, url)
