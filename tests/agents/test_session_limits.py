@@ -1,4 +1,4 @@
-"""Session data a client controls stays cheap: key caps, index cost, tail reads, off-reactor parse."""
+"""Session data a client controls stays cheap: key caps, index cost, tail reads, parse off-reactor."""
 
 from __future__ import annotations
 
