@@ -630,7 +630,13 @@ def _compact(d: str, snapshot: dict[str, dict[str, Any]], log_from: int) -> _Loa
     entries = dict(snapshot)
     for key, entry in theirs.items():
         entries.setdefault(key, entry)
-    data = _json(entries, indent=2)
+    # One entry a line, serialised one at a time: a pool thread holds the GIL for the whole of
+    # one json.dumps call, so a single call over 20,000 entries would stall the reactor anyway.
+    data = (
+        b"{\n  " + b",\n  ".join(_json(k) + b": " + _json(v) for k, v in entries.items()) + b"\n}\n"
+        if entries
+        else b"{}\n"
+    )
     path = os.path.join(d, INDEX)
     tmp = f"{path}.{os.getpid()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
