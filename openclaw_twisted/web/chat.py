@@ -96,7 +96,7 @@ def parse_chat(
 
     session_key = (headers.get("x-openclaw-session-key") or "").strip()
     if (problem := session_key_error(session_key, "x-openclaw-session-key")) is not None:
-        raise InvalidRequest(problem, "x-openclaw-session-key", "invalid_value")
+        raise InvalidRequest(problem, "x-openclaw-session-key", "too_long")
     agent_id, param = _choose_agent(model, headers, session_key, roster.default_id)
     if roster.get(agent_id) is None:
         raise InvalidRequest(f"Unknown agent '{agent_id}'.", param, "unknown_agent")
@@ -105,7 +105,7 @@ def parse_chat(
     if user is not None and not isinstance(user, str):
         raise InvalidRequest("`user` must be a string.", "user", "invalid_type")
     if user is not None and (problem := session_key_error(user, "user", USER_MAX_CHARS)):
-        raise InvalidRequest(problem, "user", "invalid_value")
+        raise InvalidRequest(problem, "user", "too_long")
     persist = True
     if not session_key:
         if user and user.strip():

@@ -1,4 +1,4 @@
-"""Session data a client controls stays cheap: key caps, index cost, tail reads, parse off-reactor."""
+"""Session data a client controls stays cheap: key caps, index cost, tail reads, parsing."""
 
 from __future__ import annotations
 
@@ -56,6 +56,7 @@ class EdgeCapTests(TestCase):
         code, body = await self.post(url, {**CHAT, "user": "u" * (USER_MAX_CHARS + 1)})
         self.assertEqual(code, 400, body)
         self.assertEqual(body["error"]["param"], "user")
+        self.assertEqual(body["error"]["code"], "too_long")
         self.assertIn(f"the limit is {USER_MAX_CHARS}", body["error"]["message"])
         code, body = await self.post(
             url, CHAT, **{"X-OpenClaw-Session-Key": "k" * (SESSION_KEY_MAX_CHARS + 1)}
