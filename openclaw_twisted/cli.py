@@ -81,6 +81,7 @@ async def agent_local(
     """One turn in this process (the gateway's own runner and disk sessions, no port)."""
     from .agents.events import RunRequest, RunResult
     from .agents.roster import agent_from_session_key, main_session_key
+    from .agents.store import session_key_error
     from .config import ConfigError, load_config, normalize_agent_id
     from .gateway import Gateway
 
@@ -92,6 +93,9 @@ async def agent_local(
     gateway = Gateway(config, reactor)
     try:
         key = (options["session-key"] or "").strip()
+        if (problem := session_key_error(key, "--session-key")) is not None:
+            stderr.write(f"{PROG}: {problem}\n")
+            return 2
         agent_id = agent_from_session_key(key) or (
             normalize_agent_id(options["agent"]) if options["agent"] else gateway.roster.default_id
         )

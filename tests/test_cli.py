@@ -36,7 +36,9 @@ class LocalProcessTests(TestCase):
         self.assertEqual(await second.ended, 0, second.err)
         self.assertEqual(second.out, b"and again\n")
         self.assertEqual(second.err, b"")
-        records = DiskSessionStore(state).transcript("main", "agent:main:main")
+        records = self.successResultOf(
+            DiskSessionStore(state).transcript("main", "agent:main:main")
+        )
         self.assertEqual(
             [(r["role"], r["text"]) for r in records],
             [
@@ -101,7 +103,9 @@ class InterruptTests(TestCase):
             proc.err.decode().splitlines(),
             ["stream cancelled", "openclaw-twisted agent: aborted: The run was cancelled."],
         )
-        records = DiskSessionStore(state).transcript("main", "agent:main:main")
+        records = self.successResultOf(
+            DiskSessionStore(state).transcript("main", "agent:main:main")
+        )
         self.assertEqual(
             [(r["text"], r.get("stopReason")) for r in records],
             [("hi", None), ("partial answer", "aborted")],
@@ -137,14 +141,15 @@ class LocalTests(TestCase):
         code = await self.local("-m", "yo", "--config", path, "--session-key", "agent:beta:chat")
         self.assertEqual(code, 0, self.err.getvalue())
         store = DiskSessionStore(self.state)
-        self.assertEqual(len(store.transcript("beta", "agent:beta:chat")), 2)
-        self.assertEqual(store.sessions("main"), [])
+        self.assertEqual(len(self.successResultOf(store.transcript("beta", "agent:beta:chat"))), 2)
+        self.assertEqual(self.successResultOf(store.sessions("main")), [])
 
     async def test_agent_option_and_default_key(self) -> None:
         path = self.config({"agents": {"list": [{"id": "main"}, {"id": "beta"}]}})
         self.assertEqual(await self.local("-m", "yo", "--config", path, "--agent", " Beta "), 0)
         self.assertEqual(
-            [r["key"] for r in DiskSessionStore(self.state).sessions("beta")], ["agent:beta:main"]
+            [r["key"] for r in self.successResultOf(DiskSessionStore(self.state).sessions("beta"))],
+            ["agent:beta:main"],
         )
 
     async def test_unknown_agent(self) -> None:

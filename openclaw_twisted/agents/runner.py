@@ -11,7 +11,6 @@ from twisted.internet.defer import (
     Deferred,
     DeferredLock,
     ensureDeferred,
-    maybeDeferred,
     succeed,
 )
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -372,7 +371,7 @@ class AgentRunner:
         try:
             run._check()
             history = (
-                self.store.history(agent.id, req.session_key, agent.history_limit)
+                await run._wait(self.store.history(agent.id, req.session_key, agent.history_limit))
                 if req.persist
                 else []
             )
@@ -419,7 +418,7 @@ class AgentRunner:
         try:
             if req.persist and (run.started or stop == "aborted"):
                 # Not cancellable: the turn is over and its records are on their way to disk.
-                await maybeDeferred(self._record, run, "".join(text), usage, stop, started_ms)
+                await self._record(run, "".join(text), usage, stop, started_ms)
         except Exception:
             log.failure("could not write the transcript of run {run_id}", run_id=run.run_id)
             error = error or RunError("internal_error", "Internal error.")
@@ -428,7 +427,7 @@ class AgentRunner:
 
     def _record(
         self, run: Run, text: str, usage: Usage, stop: str, started_ms: int
-    ) -> Deferred[None] | None:
+    ) -> Deferred[None]:
         req = run.request
         user: dict[str, Any] = {
             "type": "message",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -12,132 +13,41 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.interfaces import IReactorFromThreads, IReactorThreads
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .._json import dumps
 from ..config import normalize_agent_id
 from ..providers.interface import Message
-from .store import ISessionStore, messages_from
+from .store import ISessionStore, message_of, messages_from
+from .writer import WRITERS, GroupWriter, in_thread
+
+__all__ = ["INDEX", "INDEX_LOG", "INDEX_REFRESH_SECONDS", "WRITERS", "DiskSessionStore"]
 
 log = Logger()
 
 INDEX = "sessions.json"
+#: Index changes since ``sessions.json`` was last rewritten, one JSON line each
+#: (``{"key": ..., "entry": {sessionId, updatedAt, ...}}``). Not ``.jsonl``: OpenClaw and the
+#: recovery scan take ``<id>.jsonl`` for transcripts.
+INDEX_LOG = "sessions.json.log"
 #: A session id from the index becomes a file name only if it looks like one (uuid4 here;
 #: OpenClaw's own ids have the same shape). Anything else in the index is never a path.
 _SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
-#: Parsed records kept in memory, counted as the bytes of their JSON lines: the newest of
-#: each transcript up to a cap, and all transcripts together up to another (least recently
-#: used dropped first). What is not cached is read from disk again when asked for.
+#: Parsed records kept in memory, counted as (about) the bytes of their JSON lines: the
+#: newest of each transcript up to a cap, and all transcripts together up to another (least
+#: recently used dropped first). What is not cached is read from disk again when asked for.
 CACHE_BYTES_PER_SESSION = 2 * 1024 * 1024
 CACHE_BYTES = 64 * 1024 * 1024
-#: ``updatedAt`` alone is rewritten at most this often per agent (a new session is written
-#: at once). A crash loses nothing: on load, ``updatedAt`` is raised to the transcript's mtime.
+#: ``updatedAt`` alone is logged at most this often per agent (a new session is logged at
+#: once). A crash loses nothing: on load, ``updatedAt`` is raised to the transcript's mtime.
 INDEX_REFRESH_SECONDS = 1.0
-#: At most this many write jobs (each one or more files) run at once on the reactor's pool,
-#: so session writes never take every pool thread (DNS lookups use it too).
-WRITERS = 4
-
-
-class _Writer:
-    """
-    Group commit: writes run one at a time per file, off the caller's thread; what is queued
-    for a file while its write + fsync is in flight goes to disk together in the next one.
-    At most ``limit`` jobs run at once; each writes one or more files.
-
-    ``take(key)`` (called on the reactor thread when a write for ``key`` may start) returns
-    the blocking job and the Deferreds it settles; the job runs on the reactor's thread pool,
-    its Deferreds fire on the reactor thread. Without a reactor every job runs at once, on the
-    caller's thread (tests, ``agent --local`` crash tests, embedding).
-    """
-
-    def __init__(
-        self,
-        reactor: Any,
-        take: Callable[[str], tuple[Callable[[], Any], list[Deferred[Any]]]],
-        limit: int = WRITERS,
-    ) -> None:
-        self._reactor = reactor
-        self._take = take
-        self._limit = limit
-        self._queued: OrderedDict[str, None] = OrderedDict()
-        self._busy: set[str] = set()
-        self._jobs = 0
-        self._idle: list[Deferred[None]] = []
-
-    @property
-    def threaded(self) -> bool:
-        return self._reactor is not None
-
-    def busy(self, key: str) -> bool:
-        return key in self._busy or key in self._queued
-
-    def dirty(self, key: str) -> None:
-        """``key`` has something to write: start a job for it now or after the one in flight."""
-        if self._reactor is None:
-            job, waiters = self._take(key)
-            result = job()  # errors propagate to the caller in synchronous mode
-            for d in waiters:
-                d.callback(result)
-            return
-        self._queued[key] = None
-        self._pump()
-
-    def idle(self) -> Deferred[None]:
-        """Fires once nothing is queued or being written."""
-        if not self._queued and not self._busy:
-            return succeed(None)
-        d: Deferred[None] = Deferred()
-        self._idle.append(d)
-        return d
-
-    def _pump(self) -> None:
-        # The files waiting are shared out among the free jobs: under load one job (one
-        # hand-off to the pool and one back) writes many files, one fsync each.
-        free = self._limit - self._jobs
-        ready = [key for key in self._queued if key not in self._busy]
-        if free <= 0 or not ready:
-            return
-        batches: list[list[tuple[str, Callable[[], Any], list[Deferred[Any]]]]] = [
-            [] for _ in range(min(free, len(ready)))
-        ]
-        for i, key in enumerate(ready):
-            del self._queued[key]
-            self._busy.add(key)
-            job, waiters = self._take(key)
-            batches[i % len(batches)].append((key, job, waiters))
-        for batch in batches:
-            self._jobs += 1
-            self._reactor.callInThread(self._work, batch)
-
-    def _work(self, batch: list[tuple[str, Callable[[], Any], list[Deferred[Any]]]]) -> None:
-        # On a pool thread: only the blocking I/O; every state change is on the reactor thread.
-        outcomes = []
-        for key, job, waiters in batch:
-            try:
-                outcome: Any = job()
-            except BaseException:
-                outcome = Failure()
-            outcomes.append((key, waiters, outcome))
-        self._reactor.callFromThread(self._done, outcomes)
-
-    def _done(self, outcomes: list[tuple[str, list[Deferred[Any]], Any]]) -> None:
-        self._jobs -= 1
-        for key, waiters, outcome in outcomes:
-            self._busy.discard(key)
-            for d in waiters:
-                if isinstance(outcome, Failure):
-                    d.errback(outcome)
-                else:
-                    d.callback(outcome)
-        self._pump()
-        if not self._queued and not self._busy:
-            idle, self._idle = self._idle, []
-            for d in idle:
-                d.callback(None)
+#: A transcript is read backwards from its end in blocks of this size, doubling up to the max.
+_TAIL_BLOCK = 64 * 1024
+_TAIL_BLOCK_MAX = 8 * 1024 * 1024
 
 
 @attrs.define
@@ -148,13 +58,13 @@ class _Transcript:
     cap: int
     records: deque[dict[str, Any]] = attrs.Factory(deque)
     sizes: deque[int] = attrs.Factory(deque)
-    #: Bytes of the records held, and whether older ones were dropped to stay under ``cap``.
+    #: Bytes of the records held, and whether older records exist that are not held.
     held: int = 0
     trimmed: bool = False
-    #: Bytes parsed so far: the end of the last complete line.
-    parsed: int = 0
-    #: Bytes of the file; more than ``parsed`` when a torn fragment (no newline) ends it.
+    #: Bytes of the file once every write handed out so far is done (known after each write).
     end: int = 0
+    #: The file has records, or some are on their way (a header is written only once).
+    started: bool = False
 
     def add(self, record: dict[str, Any], size: int) -> None:
         self.records.append(record)
@@ -166,16 +76,49 @@ class _Transcript:
             self.trimmed = True
 
 
+@attrs.frozen
+class _Read:
+    """What a pool thread read of a transcript: records (oldest first) with their sizes."""
+
+    records: list[tuple[dict[str, Any], int]]
+    #: Whether records older than these exist (the read stopped before the start).
+    trimmed: bool
+    end: int
+    bad: int = 0
+    torn: int = 0
+
+
 @attrs.define
 class _Index:
-    """One agent's ``sessions.json``, kept in memory."""
+    """One agent's session index, kept in memory (``sessions.json`` + its log)."""
 
     dir: str
+    #: Session key -> entry. Entries are replaced, never changed in place, so a shallow
+    #: copy of this dict is a snapshot a pool thread can serialise.
     entries: dict[str, dict[str, Any]]
-    #: ``(mtime_ns, size)`` of the file when this process last read or wrote it.
+    #: ``(mtime_ns, size)`` of ``sessions.json`` when this process last read or wrote it.
     seen: tuple[int, int] | None = None
+    #: Bytes of ``sessions.json`` as written, and of the log this process has read or written.
+    snapshot_bytes: int = 0
+    log_bytes: int = 0
+    #: Keys whose entry changed since it was last logged; rewrite ``sessions.json`` next.
+    dirty: set[str] = attrs.Factory(set)
+    compact: bool = False
     written_at: float = 0.0
-    dirty: bool = False
+
+
+@attrs.frozen
+class _Loaded:
+    """An index (or the log's new lines) as a pool thread read it."""
+
+    entries: dict[str, dict[str, Any]]
+    seen: tuple[int, int] | None
+    snapshot_bytes: int
+    log_bytes: int
+    #: A full load (``sessions.json`` read), not only the log's new lines.
+    full: bool
+    compact: bool = False
+    messages: tuple[tuple[LogLevel, dict[str, Any]], ...] = ()
 
 
 @implementer(ISessionStore)
@@ -184,19 +127,23 @@ class DiskSessionStore:
     ``<stateDir>/agents/<agentId>/sessions/``: ``sessions.json`` maps each session key to
     ``{sessionId, updatedAt}``, and ``<sessionId>.jsonl`` is the transcript.
 
+    Index changes are appended to ``sessions.json.log`` (one line a change); ``sessions.json``
+    is rewritten, off the reactor thread, only once the log has grown as large as it (so a new
+    session costs the same at 20,000 sessions as at 0, amortised) and at ``flush()``. On load
+    the log is replayed over ``sessions.json``, so an OpenClaw state dir loads as it is and
+    OpenClaw can read the sessions the last rewrite knew (all of them after a clean stop).
+
     Session keys are never file names and agent ids are normalised (``[a-z0-9_-]``), so
     neither can leave the state dir. The newest records of recent transcripts stay parsed in
-    memory (bounded by ``cache_bytes``); a transcript is read again only for what the cache
-    does not hold or what another process appended.
+    memory (bounded by ``cache_bytes``); what the cache does not hold is read from the end of
+    the transcript backwards, only as far as the request needs.
 
-    Without a ``reactor`` everything runs on the caller's thread and ``append`` returns once
-    the records are fsynced (about 0.3 ms each). With one (the gateway), the write + fsync of
-    transcripts and indexes run on its thread pool (``callInThread``; at most ``WRITERS``
-    files at once) and ``append`` returns a Deferred that fires once the records are durable;
-    appends to a file that arrive while it is being fsynced share the next write + fsync
-    (group commit; order within a file is kept). The cache is updated at once, so reads see
-    an append before it is durable; ``flush()`` then returns a Deferred that fires once every
-    write queued before it is on disk.
+    With a ``reactor`` (the gateway) every read, parse, serialisation, write and fsync of a
+    file runs on its thread pool; transcript and index writes go through a group-commit
+    writer (at most ``WRITERS`` jobs at once; appends to a file that arrive while it is being
+    fsynced share the next write). Without one, everything runs on the caller's thread and
+    every Deferred has fired on return. The cache is updated at once, so reads see an append
+    before it is durable.
     """
 
     def __init__(
@@ -211,85 +158,174 @@ class DiskSessionStore:
         if reactor is not None and not IReactorFromThreads.providedBy(reactor):
             raise TypeError("the reactor must provide IReactorThreads and IReactorFromThreads")
         self.root = os.path.join(os.path.abspath(state_dir), "agents")
-        self._writer = _Writer(reactor, self._take)
-        #: Per transcript path: data not yet handed to a write, and who waits for it.
-        self._pending: dict[str, tuple[list[bytes], list[Deferred[Any]]]] = {}
+        self._reactor = reactor
+        self._writer = GroupWriter(reactor, self._take)
+        #: Per transcript path: records not yet handed to a write, and who waits for them.
+        self._pending: dict[str, tuple[list[dict[str, Any]], list[Deferred[Any]]]] = {}
         #: Per index dir: who waits for the next write of that index.
         self._index_waiters: dict[str, list[Deferred[Any]]] = {}
         self._now = now
         self._cache_bytes = cache_bytes
         self._session_bytes = cache_bytes_per_session
         self._indexes: dict[str, _Index] = {}
+        #: Per index dir being read by a pool thread: the calls waiting for it, in order.
+        self._loading: dict[str, list[Deferred[_Index]]] = {}
         self._cache: OrderedDict[str, _Transcript] = OrderedDict()
         self._cached_bytes = 0
 
     # -- ISessionStore ---------------------------------------------------------------------
 
-    def history(self, agent_id: str, session_key: str, limit: int) -> list[Message]:
-        t = self._open(agent_id, session_key)
-        if t is None:
-            return []
-        found = messages_from(t.records, limit)
-        if len(found) < limit and t.trimmed:
-            found = messages_from(_read_all(t.path), limit)
-        return found
+    def history(self, agent_id: str, session_key: str, limit: int) -> Deferred[list[Message]]:
+        return self._index(agent_id).addCallback(self._history, session_key, limit)
 
-    def transcript(self, agent_id: str, session_key: str) -> list[dict[str, Any]]:
-        t = self._open(agent_id, session_key)
-        if t is None:
-            return []
-        records = _read_all(t.path) if t.trimmed else t.records
-        return [r for r in records if r.get("type") != "session"]
+    def transcript(self, agent_id: str, session_key: str) -> Deferred[list[dict[str, Any]]]:
+        return self._index(agent_id).addCallback(self._transcript, session_key)
 
-    def sessions(self, agent_id: str) -> list[dict[str, Any]]:
-        index = self._index(agent_id)
-        rows = [
-            {"key": key, "sessionId": e["sessionId"], "updatedAt": e.get("updatedAt", 0)}
-            for key, e in index.entries.items()
-        ]
-        return sorted(rows, key=lambda r: -r["updatedAt"])
+    def sessions(self, agent_id: str) -> Deferred[list[dict[str, Any]]]:
+        def rows(index: _Index) -> list[dict[str, Any]]:
+            out = [
+                {"key": key, "sessionId": e["sessionId"], "updatedAt": e.get("updatedAt", 0)}
+                for key, e in index.entries.items()
+            ]
+            return sorted(out, key=lambda r: -r["updatedAt"])
+
+        return self._index(agent_id).addCallback(rows)
 
     def append(
         self, agent_id: str, session_key: str, records: list[dict[str, Any]]
-    ) -> Deferred[None] | None:
+    ) -> Deferred[None]:
+        """Append ``records``; the Deferred fires once they are durable."""
+        return self._index(agent_id).addCallback(self._append, session_key, records)
+
+    def flush(self) -> Deferred[None]:
         """
-        Append ``records``; durable when this returns (no reactor) or when the returned
-        Deferred fires (with a reactor: see the class docstring).
+        Rewrite every index with changes not yet in ``sessions.json`` (so OpenClaw sees every
+        session); fires once those and every write queued before are on disk.
         """
-        index = self._index(agent_id)
+        for index in self._indexes.values():
+            if index.dirty or index.log_bytes or index.compact:
+                index.compact = True
+                self._write_index(index).addErrback(
+                    lambda f: log.failure("could not write a session index", f)
+                )
+        return self._writer.idle()
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def _history(self, index: _Index, session_key: str, limit: int) -> Any:
+        path = self._path(index, session_key)
+        if path is None or limit <= 0:
+            return []
+        t = self._cached(path)
+        if t is not None:
+            found = messages_from(t.records, limit)
+            if len(found) >= limit or not t.trimmed:
+                return found
+        return Deferred.fromCoroutine(self._read(path, limit)).addCallback(
+            lambda read: messages_from([r for r, _ in read.records], limit)
+        )
+
+    def _transcript(self, index: _Index, session_key: str) -> Any:
+        path = self._path(index, session_key)
+        if path is None:
+            return []
+        t = self._cached(path)
+        if t is not None and not t.trimmed:
+            return [r for r in t.records if r.get("type") != "session"]
+        return Deferred.fromCoroutine(self._read(path, None)).addCallback(
+            lambda read: [r for r, _ in read.records if r.get("type") != "session"]
+        )
+
+    async def _read(self, path: str, messages: int | None) -> _Read:
+        """
+        Read the end of ``path`` on a pool thread (see ``_read_tail``), once every write
+        queued for it is there; log what it skipped, cache what it got.
+        """
+        await self._writer.quiet(path)
+        read = await in_thread(self._reactor, _read_tail, path, messages)
+        if read.bad:
+            log.warn("transcript {path}: skipped {n} unreadable line(s)", path=path, n=read.bad)
+        if read.torn:
+            # No newline after it: a write torn by a crash. It is skipped, never fatal.
+            log.warn(
+                "transcript {path}: skipping a torn last line ({n} bytes)", path=path, n=read.torn
+            )
+        # Not if an append came meanwhile (the cache is newer than what was read); else the
+        # read holds at least what the cache does for the same end of file.
+        cached = self._cache.get(path)
+        if not self._writer.busy(path) and (cached is None or cached.end == read.end):
+            if cached is not None:
+                del self._cache[path]
+                self._cached_bytes -= cached.held
+            t = _Transcript(path, self._session_bytes, trimmed=read.trimmed, end=read.end)
+            t.started = read.end > 0
+            for record, size in read.records:
+                t.add(record, size)
+            self._keep(t)
+        return read
+
+    def _path(self, index: _Index, session_key: str) -> str | None:
+        entry = index.entries.get(session_key)
+        if entry is None:
+            return None
+        return os.path.join(index.dir, entry["sessionId"] + ".jsonl")
+
+    def _cached(self, path: str) -> _Transcript | None:
+        """The cache's view of ``path``, if it has one and the file has not changed under it."""
+        t = self._cache.pop(path, None)
+        if t is None:
+            return None
+        self._cached_bytes -= t.held
+        # While records are on their way to disk the file is behind the cache: trust the
+        # cache. Otherwise a size it does not expect means another process (or a person)
+        # changed the file: read it again, on a pool thread, when asked.
+        if not self._writer.busy(path) and _size(path) != t.end:
+            return None
+        self._keep(t)
+        return t
+
+    def _keep(self, t: _Transcript) -> None:
+        while self._cache and self._cached_bytes + t.held > self._cache_bytes:
+            _, old = self._cache.popitem(last=False)
+            self._cached_bytes -= old.held
+        self._cache[t.path] = t
+        self._cached_bytes += t.held
+
+    # -- appends --------------------------------------------------------------------------
+
+    def _append(self, index: _Index, session_key: str, records: list[dict[str, Any]]) -> Any:
         entry = index.entries.get(session_key)
         created = entry is None
         now_ms = int(self._now() * 1000)
-        if entry is None:
-            entry = {"sessionId": str(uuid.uuid4())}
-        path = os.path.join(index.dir, entry["sessionId"] + ".jsonl")
+        sid = entry["sessionId"] if entry is not None else str(uuid.uuid4())
+        path = os.path.join(index.dir, sid + ".jsonl")
         t = self._cached(path)
-        if t.end == 0:
+        if t is None:
+            # Not cached: what the file holds stays on disk until a read asks for it.
+            size = _size(path)
+            t = _Transcript(path, self._session_bytes, trimmed=size > 0, end=size)
+            t.started = size > 0 or self._writer.busy(path)
+            self._keep(t)
+        if not t.started:
             # A new transcript (or one deleted behind our back) starts with a header naming
             # its key, so a lost index can be rebuilt from the transcripts alone.
             header = {
                 "type": "session",
-                "id": entry["sessionId"],
+                "id": sid,
                 "sessionKey": session_key,
-                "agentId": normalize_agent_id(agent_id),
+                "agentId": _agent_of(index),
                 "ts": now_ms,
             }
             records = [header, *records]
-        lines = [_line(r) for r in records]
-        data = b"".join(lines)
-        if t.end > t.parsed:
-            # A crash tore the last line: start on a fresh line so the fragment stays one
-            # unreadable line (skipped on load) instead of swallowing this turn's first record.
-            data = b"\n" + data
-        durable = self._write(path, data)
+            t.started = True
+        durable = self._write(path, records)
         self._cached_bytes -= t.held
-        for record, line in zip(records, lines, strict=True):
-            t.add(record, len(line))
+        for record in records:
+            t.add(record, _weight(record))
         self._cached_bytes += t.held
-        t.parsed = t.end = t.end + len(data)
-        entry["updatedAt"] = max([now_ms, *(int(r.get("ts") or 0) for r in records)])
-        index.entries[session_key] = entry
-        index.dirty = True
+        updated = max([now_ms, *(int(r.get("ts") or 0) for r in records)])
+        index.entries[session_key] = {**(entry or {}), "sessionId": sid, "updatedAt": updated}
+        index.dirty.add(session_key)
         waits = [durable]
         if created or self._now() - index.written_at >= INDEX_REFRESH_SECONDS:
             # A new session's index entry is durable with its first turn (its transcript's
@@ -299,37 +335,26 @@ class DiskSessionStore:
                 waits.append(written)
             else:
                 written.addErrback(lambda f: log.failure("could not write a session index", f))
-        if not self._writer.threaded:
-            return None
         if len(waits) == 1:
-            return waits[0].addCallback(lambda _: None)
+            return durable.addCallback(lambda _: None)
         return DeferredList(waits, fireOnOneErrback=True, consumeErrors=True).addCallbacks(
             lambda _: None, lambda f: f.value.subFailure
         )
 
-    def flush(self) -> Deferred[None] | None:
-        """
-        Write every index that has unwritten ``updatedAt`` changes; with a reactor, the
-        Deferred fires once those and every write queued before are on disk.
-        """
-        for index in self._indexes.values():
-            if index.dirty:
-                self._write_index(index).addErrback(
-                    lambda f: log.failure("could not write a session index", f)
-                )
-        return self._writer.idle() if self._writer.threaded else None
-
-    # -- writes ---------------------------------------------------------------------------
-
-    def _write(self, path: str, data: bytes) -> Deferred[Any]:
+    def _write(self, path: str, records: list[dict[str, Any]]) -> Deferred[Any]:
         d: Deferred[Any] = Deferred()
-        chunks, waiters = self._pending.setdefault(path, ([], []))
-        chunks.append(data)
+        queued, waiters = self._pending.setdefault(path, ([], []))
+        queued.extend(records)
         waiters.append(d)
-        if self._writer.threaded:
-            d.addErrback(self._lost, path)
+        d.addCallbacks(self._wrote, self._lost, callbackArgs=(path,), errbackArgs=(path,))
         self._writer.dirty(path)
         return d
+
+    def _wrote(self, size: int, path: str) -> int:
+        t = self._cache.get(path)
+        if t is not None:
+            t.end = size
+        return size
 
     def _lost(self, f: Failure, path: str) -> Failure:
         # The cache holds records that may not be on disk: read the file again next time.
@@ -342,12 +367,11 @@ class DiskSessionStore:
         """The job that writes what is queued for ``key`` (on the reactor thread)."""
         index = self._indexes.get(key)
         if index is not None:
-            seen: Deferred[Any] = Deferred()
-            seen.addCallback(lambda stat: setattr(index, "seen", stat))
-            return self._index_job(index), [seen, *self._index_waiters.pop(key, [])]
-        chunks, waiters = self._pending.pop(key)
-        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        return (lambda: _append(key, data)), waiters
+            done: Deferred[Any] = Deferred()
+            done.addCallback(self._index_written, index)
+            return self._index_job(index), [done, *self._index_waiters.pop(key, [])]
+        records, waiters = self._pending.pop(key)
+        return (lambda: _append(key, records)), waiters
 
     # -- the index ------------------------------------------------------------------------
 
@@ -358,15 +382,58 @@ class DiskSessionStore:
             raise ValueError(f"agent id {agent_id!r} does not name a directory under the state dir")
         return path
 
-    def _index(self, agent_id: str) -> _Index:
-        d = self._dir(agent_id)
+    def _index(self, agent_id: str) -> Deferred[_Index]:
+        """
+        The agent's index, current with what other processes wrote. Reading it from disk
+        happens on a pool thread; calls made meanwhile wait, and go on in the order made.
+        """
+        try:
+            d = self._dir(agent_id)
+        except ValueError:
+            return fail()
+        waiting = self._loading.get(d)
+        if waiting is not None:
+            later: Deferred[_Index] = Deferred()
+            waiting.append(later)
+            return later
         index = self._indexes.get(d)
         if index is None:
-            index = self._indexes[d] = _load_index(d)
-        elif not self._writer.busy(d) and _stat(os.path.join(d, INDEX)) not in (index.seen, None):
-            # Another process (the gateway, or ``agent --local``) wrote it: take its sessions.
-            _merge(index, _load_index(d))
-        return index
+            if not os.path.isdir(d):
+                # Nothing on disk yet: nothing to read (and reading creates nothing).
+                index = self._indexes[d] = _Index(d, {})
+                return succeed(index)
+            return self._load(d, None)
+        if self._writer.busy(d):
+            return succeed(index)
+        if _stat(os.path.join(d, INDEX)) != index.seen:
+            # Another process (the gateway, ``agent --local``, OpenClaw) rewrote it.
+            return self._load(d, None)
+        if _size(os.path.join(d, INDEX_LOG)) > index.log_bytes:
+            # Another process logged changes: take only the lines past what we have.
+            return self._load(d, index.log_bytes)
+        return succeed(index)
+
+    def _load(self, d: str, log_from: int | None) -> Deferred[_Index]:
+        first: Deferred[_Index] = Deferred()
+        self._loading[d] = [first]
+        read = in_thread(self._reactor, _read_index, d, log_from)
+
+        def loaded(got: _Loaded) -> None:
+            for level, text in got.messages:
+                log.emit(level, text["format"], **text["args"])
+            index = self._indexes.get(d)
+            if index is None:
+                index = self._indexes[d] = _Index(d, {})
+            _merge(index, got)
+            for w in self._loading.pop(d):
+                w.callback(index)
+
+        def failed(f: Failure) -> None:
+            for w in self._loading.pop(d):
+                w.errback(f)
+
+        read.addCallbacks(loaded, failed)
+        return first
 
     def _write_index(self, index: _Index) -> Deferred[Any]:
         """Queue a write of ``index``; writes requested meanwhile share the next one."""
@@ -376,58 +443,60 @@ class DiskSessionStore:
         self._writer.dirty(index.dir)
         return d
 
-    def _index_job(self, index: _Index) -> Callable[[], tuple[int, int] | None]:
-        """Snapshot ``index`` (on the reactor thread); the job writes it atomically."""
-        path = os.path.join(index.dir, INDEX)
-        disk = _stat(path)
-        if disk is not None and disk != index.seen:
-            _merge(index, _load_index(index.dir))
-        data = _json(index.entries, indent=2)
-        index.dirty = False
+    def _index_job(self, index: _Index) -> Callable[[], Any]:
+        """
+        What to write for ``index`` (decided on the reactor thread): the changed entries as
+        log lines, or, once the log is as large as ``sessions.json``, a new ``sessions.json``.
+        Either way the serialising and writing happen in the job, on a pool thread.
+        """
+        if index.compact or index.log_bytes >= index.snapshot_bytes:
+            snapshot = dict(index.entries)
+            index.dirty.clear()
+            index.compact = False
+            return lambda: _compact(index.dir, snapshot, index.log_bytes)
+        changes = [(key, index.entries[key]) for key in index.dirty if key in index.entries]
+        index.dirty.clear()
+        if not changes:
+            size = index.log_bytes
+            return lambda: size
+        return lambda: _log_append(index.dir, changes)
 
-        def job() -> tuple[int, int] | None:
-            os.makedirs(index.dir, mode=0o700, exist_ok=True)
-            tmp = f"{path}.{os.getpid()}.tmp"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                _write_all(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-            _fsync_dir(index.dir)
-            return _stat(path)
+    def _index_written(self, result: Any, index: _Index) -> None:
+        if isinstance(result, _Loaded):
+            # Rewritten: sessions.json holds everything; lines another process logged
+            # meanwhile were taken in first.
+            _merge(index, result)
+        else:
+            index.log_bytes = result
 
-        return job
 
-    # -- transcripts ----------------------------------------------------------------------
+def _agent_of(index: _Index) -> str:
+    """The agent directory's name (already normalised)."""
+    return os.path.basename(os.path.dirname(index.dir))
 
-    def _open(self, agent_id: str, session_key: str) -> _Transcript | None:
-        index = self._index(agent_id)
-        entry = index.entries.get(session_key)
-        if entry is None:
-            return None
-        return self._cached(os.path.join(index.dir, entry["sessionId"] + ".jsonl"))
 
-    def _cached(self, path: str) -> _Transcript:
-        t = self._cache.pop(path, None)
-        if t is not None:
-            self._cached_bytes -= t.held
-        # While records are on their way to disk the file is behind the cache: trust the cache.
-        size = t.end if t is not None and self._writer.busy(path) else _size(path)
-        if t is None or size < t.end:
-            t = _Transcript(path, self._session_bytes)
-            if size:
-                _read_from(t)
-        elif size > t.end:
-            # Another process appended (or a fragment grew): parse only what is new.
-            _read_from(t)
-        while self._cache and self._cached_bytes + t.held > self._cache_bytes:
-            _, old = self._cache.popitem(last=False)
-            self._cached_bytes -= old.held
-        self._cache[path] = t
-        self._cached_bytes += t.held
-        return t
+def _merge(index: _Index, got: _Loaded) -> None:
+    """Take what was read from disk; where both know a key, ours wins (it is newer)."""
+    for key, entry in got.entries.items():
+        ours = index.entries.get(key)
+        if ours is None:
+            index.entries[key] = entry
+        elif ours["sessionId"] == entry["sessionId"] and entry["updatedAt"] > ours["updatedAt"]:
+            index.entries[key] = {**ours, "updatedAt": entry["updatedAt"]}
+    if got.full:
+        index.seen = got.seen
+        index.snapshot_bytes = got.snapshot_bytes
+        index.compact = index.compact or got.compact
+    index.log_bytes = got.log_bytes
+
+
+def _weight(record: dict[str, Any]) -> int:
+    """About the bytes of ``record``'s JSON line, without serialising it."""
+    n = 2
+    for key, value in record.items():
+        n += len(key) + 4
+        n += len(value) + 2 if isinstance(value, str) else 24
+    return n
 
 
 def _json(value: Any, indent: int | None = None) -> bytes:
@@ -439,146 +508,325 @@ def _line(record: dict[str, Any]) -> bytes:
     return _json(record) + b"\n"
 
 
-def _read_from(t: _Transcript) -> None:
-    """Parse the transcript from ``t.parsed``; a line that is not a JSON object is skipped."""
+# -- blocking work (on a pool thread when the store has a reactor) -----------------------
+
+
+def _read_tail(path: str, messages: int | None) -> _Read:
+    """
+    The newest records of a transcript, read backwards from its end until ``messages``
+    user/assistant messages are found (``None``: every record). A line that is not a JSON
+    object is skipped, and so is a torn last line (no newline after it).
+    """
     try:
-        with open(t.path, "rb") as f:
-            f.seek(t.parsed)
-            data = f.read()
+        f = open(path, "rb")  # noqa: SIM115
     except FileNotFoundError:
-        return
-    complete, _, fragment = data.rpartition(b"\n")
+        return _Read([], False, 0)
+    with f:
+        end = os.fstat(f.fileno()).st_size
+        newest: list[tuple[dict[str, Any], int]] = []
+        found = bad = torn = 0
+        # ``rest`` holds the bytes read but not yet split, just before those already parsed.
+        pos, rest, block, tail_known = end, b"", _TAIL_BLOCK, False
+        complete = True
+        while pos > 0:
+            n = min(block, pos)
+            block = min(block * 2, _TAIL_BLOCK_MAX)
+            pos -= n
+            f.seek(pos)
+            rest = f.read(n) + rest
+            if not tail_known:
+                cut = rest.rfind(b"\n")
+                if cut < 0 and pos > 0:
+                    continue
+                if rest[cut + 1 :].strip():
+                    torn = len(rest) - cut - 1
+                rest, tail_known = rest[: cut + 1], True
+            # Whole lines: everything at the start of the file, else what follows the first
+            # newline (the line before it may begin further back).
+            if pos > 0:
+                cut = rest.find(b"\n")
+                if cut < 0:
+                    continue
+                lines, rest = rest[cut + 1 :], rest[: cut + 1]
+            else:
+                lines, rest = rest, b""
+            for raw in reversed(lines.split(b"\n")):
+                if not raw.strip():
+                    continue
+                try:
+                    record = json.loads(raw)
+                except ValueError:
+                    record = None
+                if not isinstance(record, dict):
+                    bad += 1
+                    continue
+                newest.append((record, len(raw) + 1))
+                if message_of(record) is not None:
+                    found += 1
+                    if messages is not None and found >= messages:
+                        complete = False
+                        break
+            if not complete:
+                break
+        newest.reverse()
+        return _Read(newest, not complete or pos > 0, end, bad, torn)
+
+
+def _append(path: str, records: list[dict[str, Any]]) -> int:
+    """Write ``records`` at the end of ``path`` and fsync; the file's size after."""
+    data = b"".join(_line(r) for r in records)
+    new = not os.path.exists(path)
+    if new:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            # A crash tore the last line: start on a fresh line so the fragment stays one
+            # unreadable line (skipped on load) instead of swallowing this turn's first record.
+            data = b"\n" + data
+        _write_all(fd, data)
+        os.fsync(fd)
+        after = os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+    if new:
+        _fsync_dir(os.path.dirname(path))
+    return after
+
+
+def _log_append(d: str, changes: list[tuple[str, dict[str, Any]]]) -> int:
+    """Append index changes to the log and fsync; the log's size after."""
+    path = os.path.join(d, INDEX_LOG)
+    data = b"".join(_line({"key": key, "entry": entry}) for key, entry in changes)
+    os.makedirs(d, mode=0o700, exist_ok=True)
+    new = not os.path.exists(path)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        _write_all(fd, data)
+        os.fsync(fd)
+        after = os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+    if new:
+        _fsync_dir(d)
+    return after
+
+
+def _compact(d: str, snapshot: dict[str, dict[str, Any]], log_from: int) -> _Loaded:
+    """
+    Rewrite ``sessions.json`` from ``snapshot`` (atomically) and drop the log. Lines another
+    process logged past ``log_from`` are taken in first, and returned to be merged.
+    """
+    os.makedirs(d, mode=0o700, exist_ok=True)
+    log_path = os.path.join(d, INDEX_LOG)
+    theirs: dict[str, dict[str, Any]] = {}
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(log_from)
+            _replay(f.read(), theirs)
+    except FileNotFoundError:
+        pass
+    entries = dict(snapshot)
+    for key, entry in theirs.items():
+        entries.setdefault(key, entry)
+    # One entry a line, serialised one at a time: a pool thread holds the GIL for the whole of
+    # one json.dumps call, so a single call over 20,000 entries would stall the reactor anyway.
+    data = (
+        b"{\n  " + b",\n  ".join(_json(k) + b": " + _json(v) for k, v in entries.items()) + b"\n}\n"
+        if entries
+        else b"{}\n"
+    )
+    path = os.path.join(d, INDEX)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        _write_all(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    # Only once sessions.json holds every logged change may the log go (a crash before this
+    # replays lines sessions.json already has, which changes nothing).
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(log_path)
+    _fsync_dir(d)
+    return _Loaded(theirs, _stat(path), len(data), 0, full=True)
+
+
+def _replay(data: bytes, into: dict[str, dict[str, Any]]) -> int:
+    """Apply index log lines to ``into``; returns how many were unreadable."""
     bad = 0
+    complete, _, _ = data.rpartition(b"\n")  # a torn last line is a change never made
     for raw in complete.split(b"\n") if complete else ():
         if not raw.strip():
             continue
         try:
-            record = json.loads(raw)
-        except ValueError:
-            record = None
-        if isinstance(record, dict):
-            t.add(record, len(raw) + 1)
-        else:
+            line = json.loads(raw)
+            key, entry = line["key"], line["entry"]
+        except (ValueError, KeyError, TypeError):
             bad += 1
-    if bad:
-        log.warn("transcript {path}: skipped {n} unreadable line(s)", path=t.path, n=bad)
-    if fragment.strip():
-        # No newline after it: a write torn by a crash. It is skipped, never fatal.
-        log.warn(
-            "transcript {path}: skipping a torn last line ({n} bytes)",
-            path=t.path,
-            n=len(fragment),
-        )
-    t.parsed += len(data) - len(fragment)
-    t.end = t.parsed + len(fragment)
+            continue
+        if not (isinstance(key, str) and _good_entry(entry)):
+            bad += 1
+            continue
+        old = into.get(key)
+        if old is not None and old.get("sessionId") == entry["sessionId"]:
+            entry = {**entry, "updatedAt": max(old["updatedAt"], entry["updatedAt"])}
+        into[key] = entry
+    return bad
 
 
-def _read_all(path: str) -> list[dict[str, Any]]:
-    """Every record of a transcript, read afresh (for what the cache no longer holds)."""
-    t = _Transcript(path, cap=2**62)
-    _read_from(t)
-    return list(t.records)
+def _good_entry(entry: Any) -> bool:
+    if not (
+        isinstance(entry, dict)
+        and isinstance(entry.get("sessionId"), str)
+        and _SESSION_ID.match(entry["sessionId"])
+    ):
+        return False
+    if not isinstance(entry.get("updatedAt"), int | float):
+        entry["updatedAt"] = 0
+    return True
 
 
-def _load_index(d: str) -> _Index:
+def _read_index(d: str, log_from: int | None) -> _Loaded:
     """
-    Read ``sessions.json``. If it is missing or unreadable while transcripts exist, rebuild it
-    from their headers (a corrupt file is kept aside as ``sessions.json.corrupt-<ms>``).
+    Read ``sessions.json`` and replay its log (or, given ``log_from``, only the log past it).
+    If the index is missing or unreadable while transcripts exist, rebuild it from their
+    headers (a corrupt file is kept aside as ``sessions.json.corrupt-<ms>``).
     """
+    messages: list[tuple[Any, dict[str, Any]]] = []
+    log_path = os.path.join(d, INDEX_LOG)
+    entries: dict[str, dict[str, Any]] = {}
+    if log_from is not None:
+        try:
+            with open(log_path, "rb") as f:
+                f.seek(log_from)
+                data = f.read()
+        except FileNotFoundError:
+            data = b""
+        _replay(data, entries)
+        return _Loaded(entries, None, 0, log_from + len(data), full=False)
     path = os.path.join(d, INDEX)
-    index = _Index(d, {})
+    seen = None
+    compact = False
     try:
         with open(path, "rb") as f:
-            raw = f.read()
-        index.seen = _stat(path)
+            raw: bytes | None = f.read()
+        seen = _stat(path)
     except FileNotFoundError:
         raw = None
-    entries: dict[str, Any] | None = None
+    snapshot_bytes = len(raw or b"")
     if raw is not None:
         try:
             loaded = json.loads(raw)
             if not isinstance(loaded, dict):
                 raise ValueError("not a JSON object")
-            entries = loaded
         except ValueError as e:
+            loaded = {}
+            compact = True
             aside = f"{path}.corrupt-{int(time.time() * 1000)}"
             try:
                 os.replace(path, aside)
             except OSError as moved:
                 aside = f"nowhere ({moved})"
-            log.error(
-                "session index {path} is unreadable ({err}); kept as {aside}, rebuilding it "
-                "from the transcripts",
-                path=path,
-                err=str(e),
-                aside=aside,
+            seen, snapshot_bytes = None, 0
+            messages.append(
+                (
+                    LogLevel.error,
+                    {
+                        "format": "session index {path} is unreadable ({err}); kept as "
+                        "{aside}, rebuilding it from the transcripts",
+                        "args": {"path": path, "err": str(e), "aside": aside},
+                    },
+                )
             )
-    for key, entry in (entries or {}).items():
-        if (
-            isinstance(entry, dict)
-            and isinstance(entry.get("sessionId"), str)
-            and _SESSION_ID.match(entry["sessionId"])
-        ):
-            if not isinstance(entry.get("updatedAt"), int | float):
-                entry["updatedAt"] = 0
-            index.entries[key] = entry
-        else:
-            log.warn("session index {path}: ignoring the bad entry for {key!r}", path=path, key=key)
-    _recover(index)
-    return index
+        for key, entry in loaded.items():
+            if _good_entry(entry):
+                entries[key] = entry
+            else:
+                compact = True  # the next write leaves it out of sessions.json
+                messages.append(
+                    (
+                        LogLevel.warn,
+                        {
+                            "format": "session index {path}: ignoring the bad entry for {key!r}",
+                            "args": {"path": path, "key": key},
+                        },
+                    )
+                )
+    try:
+        with open(log_path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        data = b""
+    _replay(data, entries)
+    found = _recover(d, entries)
+    if found:
+        compact = True
+        messages.append(
+            (
+                LogLevel.warn,
+                {
+                    "format": "session index {dir}: recovered {n} session(s) from their "
+                    "transcripts",
+                    "args": {"dir": d, "n": found},
+                },
+            )
+        )
+    return _Loaded(
+        entries,
+        seen,
+        snapshot_bytes,
+        len(data),
+        full=True,
+        compact=compact,
+        messages=tuple(messages),
+    )
 
 
-def _recover(index: _Index) -> None:
+def _recover(d: str, entries: dict[str, dict[str, Any]]) -> int:
     """Add transcripts the index does not know (lost index, crash before it was written)."""
     try:
-        names = os.listdir(index.dir)
+        names = os.listdir(d)
     except FileNotFoundError:
-        return
-    known = {e["sessionId"]: e for e in index.entries.values()}
+        return 0
+    known = {e["sessionId"]: key for key, e in entries.items()}
     found = 0
     for name in names:
         sid, ext = os.path.splitext(name)
         if ext != ".jsonl" or not _SESSION_ID.match(sid):
             continue
-        path = os.path.join(index.dir, name)
-        mtime_ms = int(os.stat(path).st_mtime * 1000)
-        entry = known.get(sid)
-        if entry is not None:
+        path = os.path.join(d, name)
+        try:
+            mtime_ms = int(os.stat(path).st_mtime * 1000)
+        except FileNotFoundError:
+            continue
+        key = known.get(sid)
+        if key is not None:
             # updatedAt is written lazily; the transcript's mtime is never older than it.
-            entry["updatedAt"] = max(int(entry["updatedAt"]), mtime_ms)
+            entry = entries[key]
+            if mtime_ms > int(entry["updatedAt"]):
+                entries[key] = {**entry, "updatedAt": mtime_ms}
             continue
         key = _header_key(path)
-        if key is None or key in index.entries:
+        if key is None or key in entries:
             continue
-        index.entries[key] = {"sessionId": sid, "updatedAt": mtime_ms}
+        entries[key] = {"sessionId": sid, "updatedAt": mtime_ms}
         found += 1
-    if found:
-        index.dirty = True
-        log.warn(
-            "session index {dir}: recovered {n} session(s) from their transcripts",
-            dir=index.dir,
-            n=found,
-        )
+    return found
 
 
 def _header_key(path: str) -> str | None:
     try:
         with open(path, "rb") as f:
-            first = json.loads(f.readline())
+            first = json.loads(f.readline(64 * 1024))
     except (OSError, ValueError):
         return None
     if isinstance(first, dict) and first.get("type") == "session":
         key = first.get("sessionKey")
         return key if isinstance(key, str) else None
     return None
-
-
-def _merge(index: _Index, disk: _Index) -> None:
-    """Take sessions another process added; ours win where both know a key."""
-    for key, entry in disk.entries.items():
-        if key not in index.entries:
-            index.entries[key] = entry
-    index.seen = disk.seen
 
 
 def _stat(path: str) -> tuple[int, int] | None:
@@ -594,20 +842,6 @@ def _size(path: str) -> int:
         return os.stat(path).st_size
     except FileNotFoundError:
         return 0
-
-
-def _append(path: str, data: bytes) -> None:
-    new = not os.path.exists(path)
-    if new:
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    try:
-        _write_all(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    if new:
-        _fsync_dir(os.path.dirname(path))
 
 
 def _write_all(fd: int, data: bytes) -> None:

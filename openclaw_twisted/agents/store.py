@@ -6,41 +6,67 @@ from collections.abc import Sequence
 from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from zope.interface import Interface, implementer
 
 from ..providers.interface import Message
 
+#: The longest session key accepted from a client (``x-openclaw-session-key``, the WS
+#: ``sessionKey`` param, ``--session-key``), and the longest ``user`` of a chat completion
+#: (it becomes the key ``agent:<id>:openai-user:<user>``). Keys are held in memory and in
+#: every line of the session index; OpenClaw's own keys are far shorter than either.
+SESSION_KEY_MAX_CHARS = 512
+USER_MAX_CHARS = 256
+
+
+def session_key_error(value: str, name: str, limit: int = SESSION_KEY_MAX_CHARS) -> str | None:
+    """
+    Why ``value`` (a session key, or what becomes one, sent as ``name``) is refused, or
+    ``None``. The three edges (HTTP, WebSocket, CLI) call this and wrap it in their own error.
+    """
+    if len(value) > limit:
+        return f"`{name}` is too long ({len(value)} characters); the limit is {limit}."
+    return None
+
 
 class ISessionStore(Interface):
     """
-    Transcripts keyed by (agent id, session key). Reads are small and synchronous; ``append``
-    and ``flush`` may return a Deferred when the store writes off the caller's thread.
+    Transcripts keyed by (agent id, session key). Every method returns a Deferred: a store
+    may read and write off the caller's thread. A store that does not (in memory, or on disk
+    without a reactor) returns Deferreds that have already fired.
     """
 
-    def history(agent_id: str, session_key: str, limit: int) -> list[Message]:
+    def history(agent_id: str, session_key: str, limit: int) -> Deferred[list[Message]]:
         """The last ``limit`` user/assistant messages of the session, oldest first."""
 
-    def append(
-        agent_id: str, session_key: str, records: list[dict[str, Any]]
-    ) -> Deferred[None] | None:
+    def append(agent_id: str, session_key: str, records: list[dict[str, Any]]) -> Deferred[None]:
         """
-        Append transcript records. They are durable when this returns ``None``, or when the
-        returned Deferred fires (it fails if they could not be written). Reads see them at
-        once either way.
+        Append transcript records; the Deferred fires once they are durable (it fails if they
+        could not be written). Reads begun after this call see them at once.
         """
 
-    def transcript(agent_id: str, session_key: str) -> list[dict[str, Any]]:
+    def transcript(agent_id: str, session_key: str) -> Deferred[list[dict[str, Any]]]:
         """Every record of the session, oldest first (empty for an unknown session)."""
 
-    def sessions(agent_id: str) -> list[dict[str, Any]]:
+    def sessions(agent_id: str) -> Deferred[list[dict[str, Any]]]:
         """``[{key, sessionId, updatedAt}]`` for the agent's sessions, newest first."""
 
-    def flush() -> Deferred[None] | None:
+    def flush() -> Deferred[None]:
         """
-        Write anything kept back (the gateway calls this when it stops); a Deferred, if
-        returned, fires once every write begun before is on disk.
+        Write anything kept back (the gateway calls this when it stops); fires once every
+        write begun before is on disk.
         """
+
+
+def message_of(record: dict[str, Any]) -> Message | None:
+    """The user/assistant message a transcript record holds, if it holds one."""
+    role, text = record.get("role"), record.get("text")
+    if role is None and isinstance(record.get("message"), dict):
+        # A transcript written by OpenClaw itself: {"type":"message","message":{...}}.
+        role, text = record["message"].get("role"), _content_text(record["message"].get("content"))
+    if role in ("user", "assistant") and isinstance(text, str) and text:
+        return Message(role, text)
+    return None
 
 
 def messages_from(records: Sequence[dict[str, Any]], limit: int) -> list[Message]:
@@ -50,12 +76,9 @@ def messages_from(records: Sequence[dict[str, Any]], limit: int) -> list[Message
     for r in reversed(records):
         if len(out) >= limit:
             break
-        role, text = r.get("role"), r.get("text")
-        if role is None and isinstance(r.get("message"), dict):
-            # A transcript written by OpenClaw itself: {"type":"message","message":{...}}.
-            role, text = r["message"].get("role"), _content_text(r["message"].get("content"))
-        if role in ("user", "assistant") and isinstance(text, str) and text:
-            out.append(Message(role, text))
+        message = message_of(r)
+        if message is not None:
+            out.append(message)
     out.reverse()
     return out
 
@@ -81,25 +104,28 @@ class MemorySessionStore:
     _data: dict[tuple[str, str], list[dict[str, Any]]] = attrs.Factory(dict)
     _updated: dict[tuple[str, str], int] = attrs.Factory(dict)
 
-    def history(self, agent_id: str, session_key: str, limit: int) -> list[Message]:
-        return messages_from(self._data.get((agent_id, session_key), []), limit)
+    def history(self, agent_id: str, session_key: str, limit: int) -> Deferred[list[Message]]:
+        return succeed(messages_from(self._data.get((agent_id, session_key), []), limit))
 
-    def append(self, agent_id: str, session_key: str, records: list[dict[str, Any]]) -> None:
+    def append(
+        self, agent_id: str, session_key: str, records: list[dict[str, Any]]
+    ) -> Deferred[None]:
         self._data.setdefault((agent_id, session_key), []).extend(records)
         self._updated[(agent_id, session_key)] = max(
             (int(r.get("ts", 0)) for r in records), default=0
         )
+        return succeed(None)
 
-    def transcript(self, agent_id: str, session_key: str) -> list[dict[str, Any]]:
-        return list(self._data.get((agent_id, session_key), []))
+    def transcript(self, agent_id: str, session_key: str) -> Deferred[list[dict[str, Any]]]:
+        return succeed(list(self._data.get((agent_id, session_key), [])))
 
-    def flush(self) -> None:
-        pass
+    def flush(self) -> Deferred[None]:
+        return succeed(None)
 
-    def sessions(self, agent_id: str) -> list[dict[str, Any]]:
+    def sessions(self, agent_id: str) -> Deferred[list[dict[str, Any]]]:
         rows = [
             {"key": key, "sessionId": f"{a}:{key}", "updatedAt": self._updated.get((a, key), 0)}
             for (a, key) in self._data
             if a == agent_id
         ]
-        return sorted(rows, key=lambda r: -r["updatedAt"])
+        return succeed(sorted(rows, key=lambda r: -r["updatedAt"]))

@@ -15,6 +15,7 @@ import attrs
 from .. import _json as strict_json
 from ..agents.events import RunRequest
 from ..agents.roster import Roster, agent_from_session_key
+from ..agents.store import USER_MAX_CHARS, session_key_error
 from ..config import ChatCompletionsConfig, normalize_agent_id
 from ..providers.interface import Image, Sampling
 
@@ -94,6 +95,8 @@ def parse_chat(
         raise InvalidRequest(INVALID_MODEL, "model", "invalid_model")
 
     session_key = (headers.get("x-openclaw-session-key") or "").strip()
+    if (problem := session_key_error(session_key, "x-openclaw-session-key")) is not None:
+        raise InvalidRequest(problem, "x-openclaw-session-key", "too_long")
     agent_id, param = _choose_agent(model, headers, session_key, roster.default_id)
     if roster.get(agent_id) is None:
         raise InvalidRequest(f"Unknown agent '{agent_id}'.", param, "unknown_agent")
@@ -101,6 +104,8 @@ def parse_chat(
     user = body.get("user")
     if user is not None and not isinstance(user, str):
         raise InvalidRequest("`user` must be a string.", "user", "invalid_type")
+    if user is not None and (problem := session_key_error(user, "user", USER_MAX_CHARS)):
+        raise InvalidRequest(problem, "user", "too_long")
     persist = True
     if not session_key:
         if user and user.strip():

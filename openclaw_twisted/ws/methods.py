@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._json import dumps
 from ..agents.roster import agent_from_session_key, main_session_key
+from ..agents.store import session_key_error
 from ..config import normalize_agent_id
 from ..providers.registry import split_ref
 
@@ -68,6 +69,8 @@ def target(gateway: Gateway, params: dict[str, Any]) -> tuple[str, str]:
     session (``agent:<id>:main``) is used when no key is given.
     """
     key = text(params, "sessionKey")
+    if key is not None and (problem := session_key_error(key, "sessionKey")) is not None:
+        raise invalid(problem)
     raw = text(params, "agentId")
     roster = gateway.roster
     agent_id = (key and agent_from_session_key(key)) or (
@@ -120,7 +123,7 @@ def models_list(gateway: Gateway, params: dict[str, Any]) -> dict[str, Any]:
     return {"models": models}
 
 
-def sessions_list(gateway: Gateway, params: dict[str, Any]) -> dict[str, Any]:
+async def sessions_list(gateway: Gateway, params: dict[str, Any]) -> dict[str, Any]:
     raw = text(params, "agentId")
     limit = integer(params, "limit", 100, 1, 1000)
     if raw is not None:
@@ -133,7 +136,7 @@ def sessions_list(gateway: Gateway, params: dict[str, Any]) -> dict[str, Any]:
     rows = [
         {**row, "agentId": agent_id}
         for agent_id in agents
-        for row in gateway.store.sessions(agent_id)
+        for row in await gateway.store.sessions(agent_id)
     ]
     rows.sort(key=lambda r: -int(r.get("updatedAt") or 0))
     return {"count": len(rows), "sessions": rows[:limit]}
@@ -144,13 +147,13 @@ def chat_message(role: str, body: str, ts: int) -> dict[str, Any]:
     return {"role": role, "content": [{"type": "text", "text": body}], "timestamp": ts}
 
 
-def chat_history(gateway: Gateway, params: dict[str, Any], max_bytes: int) -> dict[str, Any]:
+async def chat_history(gateway: Gateway, params: dict[str, Any], max_bytes: int) -> dict[str, Any]:
     """The last ``limit`` messages of a session, cut further so the reply fits one frame."""
     text(params, "sessionKey", required=True)
     agent_id, key = target(gateway, params)
     limit = integer(params, "limit", 200, 1, 1000)
     messages = []
-    for record in gateway.store.transcript(agent_id, key):
+    for record in await gateway.store.transcript(agent_id, key):
         role, body = record.get("role"), record.get("text")
         if role not in ("user", "assistant") or not isinstance(body, str):
             continue

@@ -443,7 +443,7 @@ class GatewayWebSocket(WebSocketServerProtocol):
             "status": self._status,
             "agents.list": self._simple(methods.agents_list),
             "models.list": self._simple(methods.models_list),
-            "sessions.list": self._simple(methods.sessions_list),
+            "sessions.list": self._sessions_list,
             "agent": self._agent,
             "agent.wait": self._agent_wait,
             "chat.send": self._chat_send,
@@ -472,8 +472,11 @@ class GatewayWebSocket(WebSocketServerProtocol):
             "defaultAgentId": gateway.roster.default_id,
         }
 
+    async def _sessions_list(self, req_id: str, params: dict[str, Any]) -> dict[str, Any]:
+        return await methods.sessions_list(self._gateway, params)
+
     async def _chat_history(self, req_id: str, params: dict[str, Any]) -> dict[str, Any]:
-        return methods.chat_history(self._gateway, params, self.factory.max_payload)
+        return await methods.chat_history(self._gateway, params, self.factory.max_payload)
 
     def _start(self, kind: str, params: dict[str, Any]) -> tuple[Tracked, bool]:
         """The run a request asks for: a new one, or the one its ``idempotencyKey`` started."""

@@ -74,7 +74,7 @@ class CrashTests(TestCase):
         self.assertGreater(int(second[0][3]), 2 * len(first))
 
         store = DiskSessionStore(state)
-        records = store.transcript("main", "agent:main:main")
+        records = self.successResultOf(store.transcript("main", "agent:main:main"))
         done = [line[2] for line in first + second]
         assistant = {r["runId"]: r for r in records if r["role"] == "assistant"}
         for run_id in done:
@@ -86,7 +86,7 @@ class CrashTests(TestCase):
         self.assertEqual(labels[: len(first)], ["first"] * len(first))
         # The session still takes turns after the crashes, and they read back.
         store.append("main", "agent:main:main", [{"type": "message", "role": "user", "text": "ok"}])
-        again = DiskSessionStore(state).transcript("main", "agent:main:main")
+        again = self.successResultOf(DiskSessionStore(state).transcript("main", "agent:main:main"))
         self.assertEqual(again[-1]["text"], "ok")
         self.assertEqual(len(again), len(records) + 1)
 
@@ -154,5 +154,5 @@ class CLICrashTests(TestCase):
             sent[1:],  # after the system prompt; the killed turn never completed
             [("user", "hi"), ("assistant", "Hello there."), ("user", "again")],
         )
-        records = DiskSessionStore(state).transcript("main", KEY)
+        records = self.successResultOf(DiskSessionStore(state).transcript("main", KEY))
         self.assertEqual([r["text"] for r in records], ["hi", "Hello there.", "again", "Again."])

@@ -26,12 +26,15 @@ class GatewaySessionsTests(TestCase):
         stateless = await gateway.runner.start(RunRequest("main", "s", "x", persist=False)).wait()
         self.assertEqual(stateless.text, "x")
         await gateway.shutdown(0)
-        records = DiskSessionStore(state).transcript("main", "k")
+        records = self.successResultOf(DiskSessionStore(state).transcript("main", "k"))
         self.assertEqual([r["text"] for r in records], ["one", "one", "two", "two"])
         with open(os.path.join(state, "agents", "main", "sessions", "sessions.json")) as f:
             index = json.load(f)
         self.assertEqual(list(index), ["k"], "the stateless session was not written")
-        self.assertEqual(index["k"]["updatedAt"], gateway.store.sessions("main")[0]["updatedAt"])
+        self.assertEqual(
+            index["k"]["updatedAt"],
+            self.successResultOf(gateway.store.sessions("main"))[0]["updatedAt"],
+        )
 
     def test_injected_store(self) -> None:
         store = MemorySessionStore()

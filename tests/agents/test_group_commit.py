@@ -64,11 +64,13 @@ class ThreadedStoreTests(SynchronousTestCase):
         self.store = DiskSessionStore(self.state, reactor=self.threads)
 
     def path(self, key: str = KEY) -> str:
-        sid = {r["key"]: r["sessionId"] for r in self.store.sessions("main")}[key]
+        sid = {r["key"]: r["sessionId"] for r in self.successResultOf(self.store.sessions("main"))}[
+            key
+        ]
         return os.path.join(self.state, "agents", "main", "sessions", sid + ".jsonl")
 
     def on_disk(self, key: str = KEY) -> list[dict[str, Any]]:
-        return DiskSessionStore(self.state).transcript("main", key)
+        return self.successResultOf(DiskSessionStore(self.state).transcript("main", key))
 
     def test_nothing_blocks_the_caller_and_the_deferred_fires_once_durable(self) -> None:
         d = self.store.append("main", KEY, turn("q", "a"))
@@ -76,7 +78,10 @@ class ThreadedStoreTests(SynchronousTestCase):
         self.assertNoResult(d)
         self.assertFalse(os.path.exists(self.path()))
         # Reads see the turn at once (the next turn's history).
-        self.assertEqual([r["text"] for r in self.store.transcript("main", KEY)], ["q", "a"])
+        self.assertEqual(
+            [r["text"] for r in self.successResultOf(self.store.transcript("main", KEY))],
+            ["q", "a"],
+        )
         self.threads.work(2)  # the transcript and the new session's index entry
         self.assertEqual([r["text"] for r in self.on_disk()], ["q", "a"])
         self.assertNoResult(d)
@@ -116,7 +121,7 @@ class ThreadedStoreTests(SynchronousTestCase):
         _, (batch,) = self.threads.jobs[-1]
         self.assertGreater(len(batch), 1)
         self.threads.settle()
-        self.assertEqual(len(self.store.sessions("main")), WRITERS + 3)
+        self.assertEqual(len(self.successResultOf(self.store.sessions("main"))), WRITERS + 3)
         for n in range(WRITERS + 3):
             self.assertEqual(len(self.on_disk(f"k{n}")), 2)
 
@@ -134,7 +139,9 @@ class ThreadedStoreTests(SynchronousTestCase):
         self.threads.settle()
         self.failureResultOf(d, OSError)
         # The turn that never reached the disk is not served from the cache either.
-        self.assertEqual([r["text"] for r in self.store.transcript("main", KEY)], ["1", "a"])
+        read = self.store.transcript("main", KEY)
+        self.threads.settle()  # read from the disk, on a pool thread
+        self.assertEqual([r["text"] for r in self.successResultOf(read)], ["1", "a"])
 
     def test_flush_waits_for_every_write(self) -> None:
         d = self.store.append("main", KEY, turn("1", "a"))
@@ -149,8 +156,9 @@ class ThreadedStoreTests(SynchronousTestCase):
 
     def test_without_a_reactor_append_is_synchronous(self) -> None:
         store = DiskSessionStore(self.mktemp())
-        self.assertIsNone(store.append("main", KEY, turn("1", "a")))
-        self.assertIsNone(store.flush())
+        # Written on the caller's thread: the Deferreds have fired on return.
+        self.assertIsNone(self.successResultOf(store.append("main", KEY, turn("1", "a"))))
+        self.assertIsNone(self.successResultOf(store.flush()))
 
     def test_the_reactor_must_have_threads(self) -> None:
         with self.assertRaises(TypeError):
@@ -180,5 +188,5 @@ class RunnerWaitsForTheDiskTests(SynchronousTestCase):
         threads.settle()
         self.assertEqual(self.successResultOf(d).data["phase"], "end")  # type: ignore[union-attr]
         self.assertEqual(self.successResultOf(run.wait()).error, None)
-        on_disk = DiskSessionStore(config.state_dir).transcript("main", KEY)
+        on_disk = self.successResultOf(DiskSessionStore(config.state_dir).transcript("main", KEY))
         self.assertEqual([r["role"] for r in on_disk], ["user", "assistant"])

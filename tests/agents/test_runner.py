@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.defer import succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -48,7 +49,7 @@ class Harness:
         return out
 
     def transcript(self, key: str = KEY) -> list[dict[str, Any]]:
-        return self.store.transcript("main", key)
+        return self.test.successResultOf(self.store.transcript("main", key))
 
 
 class EventTests(SynchronousTestCase):
@@ -402,7 +403,7 @@ class BrokenStoreTests(SynchronousTestCase):
         run = h.start()
         self.assertEqual(h.events(run)[-1].data["error"]["kind"], "internal_error")
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
-        h.store.history = lambda *a: []  # type: ignore[method-assign]
+        h.store.history = lambda *a: succeed([])  # type: ignore[method-assign]
         h.store.append = broken  # type: ignore[method-assign]
         run = h.start()
         events = h.events(run)

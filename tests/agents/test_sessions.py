@@ -10,7 +10,7 @@ from typing import Any
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from openclaw_twisted.agents.sessions import INDEX_REFRESH_SECONDS, DiskSessionStore
+from openclaw_twisted.agents.sessions import INDEX_LOG, INDEX_REFRESH_SECONDS, DiskSessionStore
 from openclaw_twisted.agents.store import messages_from
 from openclaw_twisted.providers.interface import Message
 
@@ -44,8 +44,14 @@ class LayoutTests(SynchronousTestCase):
         self.dir = os.path.join(self.state, "agents", "main", "sessions")
 
     def index(self) -> dict[str, Any]:
+        """The index on disk: sessions.json, then the changes logged since it was written."""
         with open(os.path.join(self.dir, "sessions.json")) as f:
             data: dict[str, Any] = json.load(f)
+        if os.path.exists(os.path.join(self.dir, INDEX_LOG)):
+            with open(os.path.join(self.dir, INDEX_LOG)) as f:
+                for line in f:
+                    change = json.loads(line)
+                    data[change["key"]] = change["entry"]
         return data
 
     def test_index_and_transcript(self) -> None:
@@ -69,31 +75,38 @@ class LayoutTests(SynchronousTestCase):
         self.store.append("main", "k", turn("one", "1"))
         self.store.append("main", "k", turn("two", "2"))
         again = DiskSessionStore(self.state)
-        self.assertEqual(again.transcript("main", "k"), turn("one", "1") + turn("two", "2"))
         self.assertEqual(
-            again.history("main", "k", 3),
+            self.successResultOf(again.transcript("main", "k")), turn("one", "1") + turn("two", "2")
+        )
+        self.assertEqual(
+            self.successResultOf(again.history("main", "k", 3)),
             [Message("assistant", "1"), Message("user", "two"), Message("assistant", "2")],
         )
-        self.assertEqual([r["key"] for r in again.sessions("main")], ["k"])
+        self.assertEqual([r["key"] for r in self.successResultOf(again.sessions("main"))], ["k"])
 
     def test_unknown_session(self) -> None:
-        self.assertEqual(self.store.history("main", "nope", 10), [])
-        self.assertEqual(self.store.transcript("main", "nope"), [])
-        self.assertEqual(self.store.sessions("main"), [])
+        self.assertEqual(self.successResultOf(self.store.history("main", "nope", 10)), [])
+        self.assertEqual(self.successResultOf(self.store.transcript("main", "nope")), [])
+        self.assertEqual(self.successResultOf(self.store.sessions("main")), [])
         self.assertFalse(os.path.exists(self.state), "reading creates nothing")
 
     def test_history_limit(self) -> None:
         for i in range(5):
             self.store.append("main", "k", turn(f"u{i}", f"a{i}"))
-        self.assertEqual([m.text for m in self.store.history("main", "k", 3)], ["a3", "u4", "a4"])
-        self.assertEqual(self.store.history("main", "k", 0), [])
-        self.assertEqual(len(self.store.history("main", "k", 100)), 10)
+        self.assertEqual(
+            [m.text for m in self.successResultOf(self.store.history("main", "k", 3))],
+            ["a3", "u4", "a4"],
+        )
+        self.assertEqual(self.successResultOf(self.store.history("main", "k", 0)), [])
+        self.assertEqual(len(self.successResultOf(self.store.history("main", "k", 100))), 10)
 
     def test_sessions_newest_first(self) -> None:
         self.store.append("main", "old", turn("a", "b"))
         self.time.now += 5
         self.store.append("main", "new", turn("a", "b"))
-        self.assertEqual([r["key"] for r in self.store.sessions("main")], ["new", "old"])
+        self.assertEqual(
+            [r["key"] for r in self.successResultOf(self.store.sessions("main"))], ["new", "old"]
+        )
 
     def test_updated_at_written_at_most_once_a_second(self) -> None:
         """Refreshing updatedAt is coalesced; flush() writes it; a reload never goes back."""
@@ -102,10 +115,12 @@ class LayoutTests(SynchronousTestCase):
         self.time.now += INDEX_REFRESH_SECONDS / 2
         self.store.append("main", "k", turn("c", "d"))
         self.assertEqual(self.index()["k"]["updatedAt"], first)
-        self.assertEqual(self.store.sessions("main")[0]["updatedAt"], first + 500)
+        self.assertEqual(
+            self.successResultOf(self.store.sessions("main"))[0]["updatedAt"], first + 500
+        )
         # A crash now loses only the index refresh; the transcript's mtime restores it.
         self.assertGreaterEqual(
-            DiskSessionStore(self.state).sessions("main")[0]["updatedAt"],
+            self.successResultOf(DiskSessionStore(self.state).sessions("main"))[0]["updatedAt"],
             int(os.stat(self.dir).st_mtime) * 1000 - 1000,
         )
         self.store.flush()
@@ -120,19 +135,23 @@ class TornLineTests(SynchronousTestCase):
         state = self.mktemp()
         store = DiskSessionStore(state)
         store.append("main", "k", turn("one", "1"))
-        sid = store.sessions("main")[0]["sessionId"]
+        sid = self.successResultOf(store.sessions("main"))[0]["sessionId"]
         path = os.path.join(state, "agents", "main", "sessions", sid + ".jsonl")
         record = json.dumps(turn("two", "2")[0])
         with open(path, "a") as f:
             f.write(record[: len(record) // 2])  # the crash came mid-write
 
         again = DiskSessionStore(state)
-        self.assertEqual(again.transcript("main", "k"), turn("one", "1"))
+        self.assertEqual(self.successResultOf(again.transcript("main", "k")), turn("one", "1"))
         again.append("main", "k", turn("three", "3"))
-        self.assertEqual(again.transcript("main", "k"), turn("one", "1") + turn("three", "3"))
+        self.assertEqual(
+            self.successResultOf(again.transcript("main", "k")),
+            turn("one", "1") + turn("three", "3"),
+        )
         # Read back from disk by a third process: the fragment stayed its own (skipped) line.
         self.assertEqual(
-            DiskSessionStore(state).transcript("main", "k"), turn("one", "1") + turn("three", "3")
+            self.successResultOf(DiskSessionStore(state).transcript("main", "k")),
+            turn("one", "1") + turn("three", "3"),
         )
         with open(path) as f:
             lines = f.read().split("\n")
@@ -143,11 +162,13 @@ class TornLineTests(SynchronousTestCase):
         state = self.mktemp()
         store = DiskSessionStore(state)
         store.append("main", "k", turn("one", "1"))
-        sid = store.sessions("main")[0]["sessionId"]
+        sid = self.successResultOf(store.sessions("main"))[0]["sessionId"]
         path = os.path.join(state, "agents", "main", "sessions", sid + ".jsonl")
         with open(path, "a") as f:
             f.write("not json\n[1,2]\n\n")
-        self.assertEqual(DiskSessionStore(state).history("main", "k", 10)[-1].text, "1")
+        self.assertEqual(
+            self.successResultOf(DiskSessionStore(state).history("main", "k", 10))[-1].text, "1"
+        )
 
 
 class PathSafetyTests(SynchronousTestCase):
@@ -158,7 +179,9 @@ class PathSafetyTests(SynchronousTestCase):
         store = DiskSessionStore(state)
         for agent in ("../../etc", "..", "/abs/path", "a/../../../x", "\x00evil"):
             store.append(agent, "k", turn("hi", "there"))
-            self.assertEqual(store.transcript(agent, "k"), turn("hi", "there"))
+            self.assertEqual(
+                self.successResultOf(store.transcript(agent, "k")), turn("hi", "there")
+            )
         for path in files_under(outer):
             self.assertTrue(path.startswith(os.path.join("a", "b", "state", "agents")), path)
         self.assertEqual(
@@ -173,12 +196,15 @@ class PathSafetyTests(SynchronousTestCase):
         for key in keys:
             store.append("main", key, turn("hi", key[:20]))
         names = os.listdir(os.path.join(state, "agents", "main", "sessions"))
-        self.assertEqual(len(names), len(keys) + 1)
+        self.assertEqual(len(names), len(keys) + 2)
         for name in names:
-            if name != "sessions.json":
+            if name not in ("sessions.json", INDEX_LOG):
                 uuid.UUID(name.removesuffix(".jsonl"))
         self.assertEqual(
-            sorted(r["key"] for r in DiskSessionStore(state).sessions("main")), sorted(keys)
+            sorted(
+                r["key"] for r in self.successResultOf(DiskSessionStore(state).sessions("main"))
+            ),
+            sorted(keys),
         )
 
     def test_bad_session_id_in_index_is_not_a_path(self) -> None:
@@ -188,9 +214,9 @@ class PathSafetyTests(SynchronousTestCase):
         with open(os.path.join(d, "sessions.json"), "w") as f:
             json.dump({"k": {"sessionId": "../../../secret", "updatedAt": 1}, "j": "junk"}, f)
         store = DiskSessionStore(state)
-        self.assertEqual(store.transcript("main", "k"), [])
+        self.assertEqual(self.successResultOf(store.transcript("main", "k")), [])
         store.append("main", "k", turn("hi", "there"))
-        sid = store.sessions("main")[0]["sessionId"]
+        sid = self.successResultOf(store.sessions("main"))[0]["sessionId"]
         uuid.UUID(sid)
         self.assertEqual(
             files_under(state),
@@ -220,8 +246,8 @@ class RecoveryTests(SynchronousTestCase):
         globalLogPublisher.addObserver(logged.append)
         self.addCleanup(globalLogPublisher.removeObserver, logged.append)
         store = DiskSessionStore(self.state)
-        self.assertEqual(store.transcript("main", "k1"), turn("one", "1"))
-        self.assertEqual(store.transcript("main", "k2"), turn("two", "2"))
+        self.assertEqual(self.successResultOf(store.transcript("main", "k1")), turn("one", "1"))
+        self.assertEqual(self.successResultOf(store.transcript("main", "k2")), turn("two", "2"))
         self.assertIn(
             "is unreadable",
             " ".join(e["log_format"] for e in logged if e["log_level"] == LogLevel.error),
@@ -236,13 +262,17 @@ class RecoveryTests(SynchronousTestCase):
         with open(self.index, "w") as f:
             f.write("[]")
         self.assertEqual(
-            sorted(r["key"] for r in DiskSessionStore(self.state).sessions("main")), ["k1", "k2"]
+            sorted(
+                r["key"]
+                for r in self.successResultOf(DiskSessionStore(self.state).sessions("main"))
+            ),
+            ["k1", "k2"],
         )
 
     def test_lost_index_recovered(self) -> None:
         os.remove(self.index)
         store = DiskSessionStore(self.state)
-        self.assertEqual(store.history("main", "k2", 10)[-1].text, "2")
+        self.assertEqual(self.successResultOf(store.history("main", "k2", 10))[-1].text, "2")
         store.flush()
         self.assertTrue(os.path.exists(self.index))
 
@@ -250,14 +280,17 @@ class RecoveryTests(SynchronousTestCase):
         """Another store (the gateway and ``agent --local``) adds sessions and turns."""
         a = DiskSessionStore(self.state)
         b = DiskSessionStore(self.state)
-        self.assertEqual(len(a.transcript("main", "k1")), 2)
+        self.assertEqual(len(self.successResultOf(a.transcript("main", "k1"))), 2)
         b.append("main", "k1", turn("from b", "b"))
         b.append("main", "k3", turn("new in b", "b"))
-        self.assertEqual(a.transcript("main", "k1")[-2:], turn("from b", "b"))
+        self.assertEqual(self.successResultOf(a.transcript("main", "k1"))[-2:], turn("from b", "b"))
         a.append("main", "k4", turn("new in a", "a"))
         c = DiskSessionStore(self.state)
-        self.assertEqual(sorted(r["key"] for r in c.sessions("main")), ["k1", "k2", "k3", "k4"])
-        self.assertEqual(len(c.transcript("main", "k1")), 4)
+        self.assertEqual(
+            sorted(r["key"] for r in self.successResultOf(c.sessions("main"))),
+            ["k1", "k2", "k3", "k4"],
+        )
+        self.assertEqual(len(self.successResultOf(c.transcript("main", "k1"))), 4)
 
 
 class OpenClawTranscriptTests(SynchronousTestCase):
@@ -283,12 +316,14 @@ class DeletedTranscriptTests(SynchronousTestCase):
         store = DiskSessionStore(state)
         store.append("main", "k", turn("one", "1"))
         d = os.path.join(state, "agents", "main", "sessions")
-        sid = store.sessions("main")[0]["sessionId"]
+        sid = self.successResultOf(store.sessions("main"))[0]["sessionId"]
         os.remove(os.path.join(d, sid + ".jsonl"))
-        self.assertEqual(store.transcript("main", "k"), [])
+        self.assertEqual(self.successResultOf(store.transcript("main", "k")), [])
         store.append("main", "k", turn("two", "2"))
         os.remove(os.path.join(d, "sessions.json"))
-        self.assertEqual(DiskSessionStore(state).transcript("main", "k"), turn("two", "2"))
+        self.assertEqual(
+            self.successResultOf(DiskSessionStore(state).transcript("main", "k")), turn("two", "2")
+        )
 
 
 class CacheTests(SynchronousTestCase):
@@ -303,12 +338,12 @@ class CacheTests(SynchronousTestCase):
         for t in store._cache.values():
             self.assertLessEqual(t.held, 1500)
         for key in ("a", "b", "c"):
-            self.assertEqual(len(store.transcript("main", key)), 60)
-            history = store.history("main", key, 45)
+            self.assertEqual(len(self.successResultOf(store.transcript("main", key))), 60)
+            history = self.successResultOf(store.history("main", key, 45))
             self.assertEqual(len(history), 45)
             self.assertEqual(history[-2].text, f"{key}29")
             self.assertEqual(history[1].text, f"{key}8")
-        self.assertEqual(store.history("main", "a", 2)[0].text, "a29")
+        self.assertEqual(self.successResultOf(store.history("main", "a", 2))[0].text, "a29")
 
 
 class TextTests(SynchronousTestCase):
@@ -321,8 +356,15 @@ class TextTests(SynchronousTestCase):
             store.append("main", key, turn("héllo \ud83d", "日本 \udfff"))
         again = DiskSessionStore(state)
         for key in keys:
-            self.assertEqual(again.transcript("main", key), turn("héllo \ud83d", "日本 \udfff"))
+            self.assertEqual(
+                self.successResultOf(again.transcript("main", key)),
+                turn("héllo \ud83d", "日本 \udfff"),
+            )
         store.append("main", "plain", turn("héllo", "日本"))
-        sid = next(r["sessionId"] for r in store.sessions("main") if r["key"] == "plain")
+        sid = next(
+            r["sessionId"]
+            for r in self.successResultOf(store.sessions("main"))
+            if r["key"] == "plain"
+        )
         with open(os.path.join(state, "agents", "main", "sessions", sid + ".jsonl"), "rb") as f:
             self.assertIn("日本".encode(), f.read())

@@ -144,7 +144,7 @@ class CrashTests(ProcessBase):
 
         store = DiskSessionStore(state)
         for key, texts in answered.items():
-            records = store.transcript("main", key)
+            records = self.successResultOf(store.transcript("main", key))
             users = [r["text"] for r in records if r.get("role") == "user"]
             counts = Counter(users)
             self.assertEqual([t for t, n in counts.items() if n > 1], [], "duplicated turns")

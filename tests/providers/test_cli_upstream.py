@@ -61,7 +61,9 @@ class LocalAgentUpstreamTests(TestCase):
             clock.advance(1)
         self.assertEqual(await proc.ended, 0, proc.err)
         self.assertEqual(proc.out, b"Hello there\n")
-        records = DiskSessionStore(state).transcript("main", "agent:main:main")
+        records = self.successResultOf(
+            DiskSessionStore(state).transcript("main", "agent:main:main")
+        )
         self.assertEqual(records[-1]["text"], "Hello there")
         self.assertEqual(records[-1]["usage"], {"input": 11, "output": 3, "total": 14})
 

@@ -83,7 +83,7 @@ class RoutingTests(SynchronousTestCase):
             self.assertRegex(key, r"^agent:main:openai:[0-9a-f-]{36}$")
         # Nothing was kept, so the second turn saw no history.
         self.assertEqual(self.provider.requests[-1].messages, (Message("user", "two"),))
-        self.assertEqual(self.gateway.store.sessions("main"), [])
+        self.assertEqual(self.successResultOf(self.gateway.store.sessions("main")), [])
 
     def test_user_makes_a_stable_persisted_session(self) -> None:
         keys = []
@@ -128,7 +128,7 @@ class RoutingTests(SynchronousTestCase):
         data["session"] = {"persistEphemeral": True}
         self.gateway = make_gateway(self.mktemp(), self.provider, data, reactor=self.reactor)
         self.ask({})
-        self.assertEqual(len(self.gateway.store.sessions("main")), 1)
+        self.assertEqual(len(self.successResultOf(self.gateway.store.sessions("main"))), 1)
 
     def test_messages_become_the_agents_input(self) -> None:
         req = self.ask(

@@ -73,7 +73,10 @@ class RunAgentTests(TestCase):
         self.assertEqual((code, err.getvalue()), (0, ""))
         self.assertEqual(out.writes, ["Hello", " from", " the", " script.", "\n"])
         self.assertEqual(self.provider.requests[0].messages[-1].text, "hi")
-        texts = [m.text for m in self.gateway.store.history("beta", "agent:beta:cli", 10)]
+        texts = [
+            m.text
+            for m in self.successResultOf(self.gateway.store.history("beta", "agent:beta:cli", 10))
+        ]
         self.assertEqual(texts, ["hi", "Hello from the script."])
 
     async def test_token_from_the_environment(self) -> None:
@@ -128,7 +131,7 @@ class RunAgentTests(TestCase):
         self.assertEqual(await d, 130)
         self.assertEqual(out.getvalue(), "Hello\n")
         self.assertTrue(self.provider.streams[0].cancelled)
-        texts = self.gateway.store.transcript("main", "agent:main:main")
+        texts = self.successResultOf(self.gateway.store.transcript("main", "agent:main:main"))
         self.assertEqual(texts[-1]["stopReason"], "aborted")
 
     async def test_interrupt_while_connecting(self) -> None:

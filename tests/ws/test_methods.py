@@ -225,7 +225,7 @@ class MethodTests(TestCase):
         await s.ok("chat.send", {"sessionKey": key, "message": "from ws"})
         while (await s.event("chat"))["payload"]["state"] != "final":
             pass
-        texts = [m.text for m in self.gateway.store.history("main", key, 50)]
+        texts = [m.text for m in self.successResultOf(self.gateway.store.history("main", key, 50))]
         self.assertEqual(texts[2], "from ws")
 
     async def test_chat_abort_cancels_the_provider_stream(self) -> None:
