@@ -95,11 +95,11 @@ class InterruptTests(TestCase):
         await proc.line_with(b"partial answer")
         assert proc.transport is not None
         proc.transport.signalProcess("INT")
-        self.assertEqual(await proc.ended, 1)
+        self.assertEqual(await proc.ended, 130)  # as over WebSocket: one exit-code table
         self.assertEqual(proc.out, b"partial answer\n")
         self.assertEqual(
             proc.err.decode().splitlines(),
-            ["stream cancelled", "openclaw-twisted agent: aborted: The run was cancelled."],
+            ["stream cancelled", "openclaw-twisted agent: interrupted"],
         )
         records = DiskSessionStore(state).transcript("main", "agent:main:main")
         self.assertEqual(
