@@ -16,9 +16,9 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
 import twisted
+from openclaw_twisted._exit import Exit
 from openclaw_twisted.agents.runner import Run
 from openclaw_twisted.agents.sessions import DiskSessionStore
-from openclaw_twisted._exit import Exit
 from openclaw_twisted.cli import AgentOptions, agent_local
 from openclaw_twisted.testing import Script, ScriptedProvider
 
