@@ -13,19 +13,44 @@ from twisted.internet.error import ReactorNotRunning
 from twisted.python import usage
 
 from . import tap
+from ._exit import Exit
 
 PROG = "openclaw-twisted agent"
 
 
+def version() -> str:
+    """The installed distribution's version (this checkout's when it is not installed)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("openclaw-twisted")
+    except PackageNotFoundError:
+        from . import __version__
+
+        return __version__
+
+
+def _print_version(options: usage.Options) -> None:
+    """Display the version of openclaw-twisted (and of Twisted) and exit."""
+    from twisted import __version__ as twisted_version
+
+    sys.stdout.write(f"openclaw-twisted {version()} (Twisted {twisted_version})\n")
+    raise SystemExit(0)
+
+
 class GatewayOptions(tap.Options):
-    synopsis = "openclaw-twisted gateway " + tap.Options.synopsis
+    opt_version = _print_version
+
+    def getSynopsis(self) -> str:
+        return f"Usage: openclaw-twisted gateway {tap.Options.synopsis}"
 
 
 class AgentOptions(usage.Options):
     """``openclaw-twisted agent``: one agent turn, printed as it streams."""
 
     synopsis = (
-        "openclaw-twisted agent --message TEXT [--agent ID] [--session-key KEY] "
+        "--message TEXT [--agent ID] [--session-key KEY] "
         "[--url ws://...] [--token T] [--local] [--config PATH]"
     )
     optParameters = [
@@ -42,6 +67,10 @@ class AgentOptions(usage.Options):
         ["config", "c", None, "Path of openclaw.json (same resolution as the gateway)."],
     ]
     optFlags = [["local", "l", "Run the agent in this process, without a gateway."]]
+    opt_version = _print_version
+
+    def getSynopsis(self) -> str:
+        return f"Usage: openclaw-twisted agent {self.synopsis}"
 
     def postOptions(self) -> None:
         if not (self["message"] or "").strip():
@@ -49,11 +78,13 @@ class AgentOptions(usage.Options):
 
 
 class MainOptions(usage.Options):
-    synopsis = "openclaw-twisted <command> [options]"
+    synopsis = "Usage: openclaw-twisted <command> [options]"
     subCommands = [
         ["gateway", None, GatewayOptions, "Run the gateway in the foreground."],
         ["agent", None, AgentOptions, "Send one message to an agent and print the answer."],
     ]
+
+    opt_version = _print_version
 
     def postOptions(self) -> None:
         if self.subCommand is None:
@@ -61,14 +92,21 @@ class MainOptions(usage.Options):
 
 
 def run_gateway(options: tap.Options, reactor: Any) -> int:
-    from twisted.logger import globalLogBeginner, textFileLogObserver
+    """The gateway in the foreground, as ``twistd -n openclaw`` runs it; the exit status."""
+    from twisted.logger import globalLogBeginner
 
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
+    observer = tap.log_observer(options["log-format"], sys.stdout)
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
     service = tap.makeService(options, reactor)
+    try:
+        # Listening happens here, before the reactor runs: a taken port ends the start.
+        service.privilegedStartService()
+    except SystemExit as e:
+        return int(e.code or 0)
     service.startService()
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     reactor.run()
-    return 0
+    return int(getattr(service, "exit_code", Exit.OK))
 
 
 async def agent_local(
@@ -89,7 +127,7 @@ async def agent_local(
         config = load_config(options["config"], environ)
     except ConfigError as e:
         stderr.write(f"{PROG}: config error: {e}\n")
-        return 2
+        return Exit.USAGE
     gateway = Gateway(config, reactor)
     try:
         key = (options["session-key"] or "").strip()
@@ -102,34 +140,51 @@ async def agent_local(
         if gateway.roster.get(agent_id) is None:
             known = ", ".join(gateway.roster.ids)
             stderr.write(f"{PROG}: unknown agent {agent_id!r} (configured: {known})\n")
-            return 2
+            return Exit.USAGE
         run = gateway.runner.start(
             RunRequest(agent_id, key or main_session_key(agent_id), options["message"])
         )
+        # Why the turn was cancelled from here, if it was: Ctrl-C or a closed stdout.
+        cancelled: list[Exit] = []
 
         # Ctrl-C: the turn is cancelled and kept in the transcript as aborted; the reactor
         # stops once it has ended (its transcript is written on the reactor's thread pool).
         def interrupted() -> Deferred[RunResult]:
+            cancelled.append(Exit.INTERRUPTED)
             run.cancel()
             return run.wait()
+
+        def write(text: str) -> bool:
+            if Exit.OUTPUT_CLOSED in cancelled:
+                return False
+            try:
+                stdout.write(text)
+                stdout.flush()
+            except (OSError, ValueError):
+                # Nobody reads the answer any more (a closed pipe): stop the model too.
+                cancelled.append(Exit.OUTPUT_CLOSED)
+                run.cancel()
+                return False
+            return True
 
         trigger = reactor.addSystemEventTrigger("before", "shutdown", interrupted)
         wrote = False
         while (event := await run.next_event()) is not None:
             if event.stream == "assistant":
-                stdout.write(event.data["delta"])
-                stdout.flush()
-                wrote = True
+                wrote = write(event.data["delta"]) or wrote
         reactor.removeSystemEventTrigger(trigger)
         result = await run.wait()
         if wrote:
-            stdout.write("\n")
-            stdout.flush()
+            write("\n")
+        if cancelled:
+            if cancelled[0] == Exit.INTERRUPTED:
+                stderr.write(f"{PROG}: interrupted\n")
+            return cancelled[0]
         if result.error is not None:
             err = result.error
             stderr.write(f"{PROG}: {err.kind}: {err.message}\n")
-            return 1
-        return 0
+            return Exit.RUN_FAILED
+        return Exit.OK
     finally:
         await gateway.shutdown(0)
 
@@ -166,7 +221,7 @@ def run_agent_command(options: AgentOptions, reactor: Any) -> int:
             codes.append(result)
         else:
             sys.stderr.write(f"{PROG}: internal error: {result.getErrorMessage()}\n")
-            codes.append(1)
+            codes.append(Exit.RUN_FAILED)
         with contextlib.suppress(ReactorNotRunning):
             reactor.stop()
 
@@ -175,27 +230,35 @@ def run_agent_command(options: AgentOptions, reactor: Any) -> int:
 
     reactor.callWhenRunning(go)
     reactor.run()
-    return codes[0] if codes else 1
+    code = codes[0] if codes else Exit.RUN_FAILED
+    if code == Exit.OUTPUT_CLOSED:
+        # What is still buffered for the closed pipe would fail again at exit, with a
+        # traceback-like "Exception ignored" message: send it nowhere instead.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the console script."""
+    """Entry point of the console script; the exit status is one of L{Exit}."""
     options = MainOptions()
     try:
         options.parseOptions(sys.argv[1:] if argv is None else argv)
+    except tap.ConfigUsageError as e:
+        sys.stderr.write(f"openclaw-twisted {options.subCommand}: {e}\n")
+        return Exit.USAGE
     except usage.UsageError as e:
-        sys.stderr.write(f"openclaw-twisted: {e}\n{options}\n")
-        return 2
+        shown = getattr(options, "subOptions", None) or options
+        sys.stderr.write(f"{shown}\nopenclaw-twisted: {e}\n")
+        return Exit.USAGE
     from twisted.internet import reactor
 
     if options.subCommand == "gateway":
-        try:
-            return run_gateway(options.subOptions, reactor)
-        except SystemExit as e:
-            return int(e.code or 0)
+        return run_gateway(options.subOptions, reactor)
     if options.subCommand == "agent":
         return run_agent_command(options.subOptions, reactor)
-    return 2
+    return Exit.USAGE
 
 
 if __name__ == "__main__":

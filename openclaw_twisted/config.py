@@ -174,6 +174,8 @@ class Config:
     source: str | None = None
     ignored: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    #: Ignored keys one edit away from a key read at the same place: (ignored, known).
+    near_misses: tuple[tuple[str, str], ...] = ()
 
     @property
     def chat_completions(self) -> ChatCompletionsConfig:
@@ -276,7 +278,13 @@ class _Keys:
 
     def __exit__(self, *exc: object) -> None:
         if exc[0] is None:
-            self.ignored.extend(self.at(k) for k in self.value if k not in self.seen)
+            unknown = [k for k in self.value if k not in self.seen]
+            self.ignored.extend(self.at(k) for k in unknown)
+            if isinstance(self.ignored, _Ignored):
+                for k in unknown:
+                    known = _one_edit_from(k, self.seen)
+                    if known is not None and _generic(self.at(k)) not in NOT_TYPOS:
+                        self.ignored.near.append((self.at(k), self.at(known)))
 
     def at(self, key: str) -> str:
         return f"{self.path}.{key}" if self.path else key
@@ -287,6 +295,46 @@ class _Keys:
 
     def obj(self, key: str) -> _Keys:
         return _Keys(self.get(key), self.at(key), self.ignored)
+
+
+class _Ignored(list[str]):
+    """The ignored key paths, and those that look like a typo of a known key."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.near: list[tuple[str, str]] = []
+
+
+#: Real OpenClaw keys this gateway does not serve that are one edit away from one it does.
+NOT_TYPOS = frozenset({"agents.defaults.models", "agents.list[].models"})
+
+
+def _generic(path: str) -> str:
+    return re.sub(r"\[\d+\]", "[]", path)
+
+
+def _one_edit_from(key: str, known: set[str]) -> str | None:
+    """The known key ``key`` is one edit (or a change of case) away from, if any."""
+    for k in sorted(known):
+        # One edit in a two- or three-letter key is another word, not a typo.
+        if len(k) >= 4 and _within_one_edit(key.lower(), k.lower()):
+            return k
+    return None
+
+
+def _within_one_edit(a: str, b: str) -> bool:
+    """One insertion, deletion, substitution or swap of neighbours turns ``a`` into ``b``."""
+    if abs(len(a) - len(b)) > 1:
+        return False
+    i = 0
+    while i < min(len(a), len(b)) and a[i] == b[i]:
+        i += 1
+    if len(a) == len(b):
+        return a[i + 1 :] == b[i + 1 :] or (
+            a[i : i + 2] == b[i : i + 2][::-1] and a[i + 2 :] == b[i + 2 :]
+        )
+    longer, shorter = (a, b) if len(a) > len(b) else (b, a)
+    return longer[i + 1 :] == shorter[i:]
 
 
 def _kind(value: Any) -> str:
@@ -371,7 +419,7 @@ def normalize_agent_id(raw: str) -> str:
 def parse_config(data: Any, environ: Mapping[str, str], source: str | None = None) -> Config:
     """Validate the parsed JSON5 document; unknown keys are collected, not fatal."""
     data = substitute(data, environ)
-    ignored: list[str] = []
+    ignored = _Ignored()
     notes: list[str] = []
     with _Keys(data, "", ignored) as root:
         gateway = _gateway(root.obj("gateway"), environ)
@@ -393,6 +441,7 @@ def parse_config(data: Any, environ: Mapping[str, str], source: str | None = Non
         source=source,
         ignored=tuple(ignored),
         notes=tuple(notes),
+        near_misses=tuple(ignored.near),
     )
 
 

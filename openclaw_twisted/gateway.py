@@ -6,8 +6,10 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 import treq
-from twisted.application.service import Service
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService, Service
 from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.address import UNIXAddress
 from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
 from twisted.internet.endpoints import (
     HostnameEndpoint,
@@ -15,6 +17,7 @@ from twisted.internet.endpoints import (
     TCP6ClientEndpoint,
     wrapClientTLS,
 )
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import (
     IListeningPort,
     IProtocol,
@@ -26,6 +29,7 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.client import (
     URI,
     Agent,
@@ -41,9 +45,11 @@ from .agents.roster import Roster
 from .agents.runner import AgentRunner
 from .agents.sessions import DiskSessionStore
 from .agents.store import ISessionStore
-from .auth import Authenticator, ClientAddress, forwarded_for
+from .auth import Authenticator, ClientAddress, forwarded_for, is_loopback
 from .config import Config
 from .limits import GatedProviders, RunLimits, UpstreamGate
+from .providers.echo import EchoProvider
+from .providers.interface import ProviderError
 from .providers.registry import Providers
 from .web.app import GatewayHTTP
 from .web.origin import BrowserPolicy
@@ -161,6 +167,8 @@ class Gateway:
             else DiskSessionStore(config.state_dir, reactor=reactor if threads else None)
         )
         self.runner = AgentRunner(self.roster, self.providers, self.store, reactor)
+        #: When this gateway was built (reactor time): uptime counts from here.
+        self.started_at: float = reactor.seconds()
         self.ready = True
         self._http_app = GatewayHTTP(self)
         self._ws_factory: GatewayWebSocketFactory | None = None
@@ -230,52 +238,96 @@ class Gateway:
             + (
                 ", POST /v1/chat/completions, GET /v1/models"
                 if cc.enabled
-                else " (chat completions off: gateway.http.endpoints.chatCompletions.enabled)"
+                else " (chat completions off, /v1/* answers 404: set "
+                "gateway.http.endpoints.chatCompletions.enabled to true)"
             ),
             f"agents: {', '.join(self.roster.ids)} (default {self.roster.default_id})",
         ]
-        models = {ref for a in self.roster.agents for ref in a.model.refs}
-        if any(ref.startswith("echo") for ref in models):
-            lines.append("using the built-in offline echo model (no model provider configured)")
-        if self.config.ignored:
-            lines.append("ignoring config keys not served here: " + ", ".join(self.config.ignored))
+        lines.extend(self._describe_models())
+        typos = {bad for bad, _ in self.config.near_misses}
+        served_elsewhere = [k for k in self.config.ignored if k not in typos]
+        if served_elsewhere:
+            lines.append("ignoring config keys not served here: " + ", ".join(served_elsewhere))
         lines.extend(self.config.notes)
         return lines
 
-
-class GatewayService(Service):
-    """Listens on an endpoint; on stop, closes the port, drains runs, then lets go."""
-
-    def __init__(self, gateway: Gateway, endpoint: IStreamServerEndpoint, grace: float) -> None:
-        self.gateway = gateway
-        self.endpoint = endpoint
-        self.grace = grace
-        self.port: IListeningPort | None = None
-        self.listening: Deferred[IListeningPort] = Deferred()
-
-    def startService(self) -> None:
-        super().startService()
-        d = self.endpoint.listen(self.gateway.site())
-
-        def listening(port: IListeningPort) -> IListeningPort:
-            self.port = port
-            host = port.getHost()
-            log.info(
-                "openclaw gateway listening on http://{host}:{port}",
-                host=getattr(host, "host", "?"),
-                port=getattr(host, "port", "?"),
+    def _describe_models(self) -> list[str]:
+        configured = [n for n, p in self.providers.by_name.items() if not _is_echo(p)]
+        on_echo = [a.id for a in self.roster.agents if self._primary_is_echo(a.model.primary)]
+        if len(on_echo) == len(self.roster.agents) and not configured:
+            return ["using the built-in offline echo model (no model provider configured)"]
+        lines = ["model providers: " + (", ".join(configured) or "none but the built-in echo")]
+        if on_echo:
+            many = len(on_echo) > 1
+            lines.append(
+                f"agent{'s' if many else ''} {', '.join(on_echo)} "
+                f"answer{'' if many else 's'} with the built-in offline echo model"
             )
-            for line in self.gateway.describe():
-                log.info("{line}", line=line)
-            self.listening.callback(port)
-            return port
+        return lines
 
-        def failed(f: Any) -> None:
-            log.error("openclaw gateway could not listen: {err}", err=f.getErrorMessage())
-            self.listening.errback(f)
-            self.gateway.reactor.stop()
+    def _primary_is_echo(self, ref: str) -> bool:
+        try:
+            provider, _ = self.providers.resolve(ref)
+        except ProviderError:
+            return False
+        return _is_echo(provider)
 
-        d.addCallbacks(listening, failed)
+    def warnings(self) -> list[str]:
+        """The start-up log lines (warning level) about config that will not do what it says."""
+        lines: list[str] = []
+        chat_off = not self.config.chat_completions.enabled
+        for bad, known in self.config.near_misses:
+            line = f"config key {bad} is ignored: did you mean {known}?"
+            if chat_off and known.startswith("gateway.http.endpoints"):
+                line += " (chat completions stay off, so /v1/chat/completions answers 404)"
+            lines.append(line)
+        for agent in self.roster.agents:
+            for ref in agent.model.refs:
+                try:
+                    self.providers.resolve(ref)
+                except ProviderError as e:
+                    which = "" if ref == agent.model.primary else " (fallback)"
+                    lines.append(f"agent {agent.id}{which}: {e.message}; runs using it will fail")
+        return lines
+
+
+def _is_echo(provider: object) -> bool:
+    return isinstance(provider, EchoProvider)
+
+
+class StartError(Exception):
+    """The gateway cannot start serving; the message is one line for people."""
+
+
+class CannotListen(StartError):
+    """The endpoint refused to listen (port taken, no permission, bad address)."""
+
+
+class UnsafeBind(StartError):
+    """Auth mode ``none`` on an address that is not loopback."""
+
+
+@implementer(IStreamServerEndpoint)
+@attrs.frozen
+class _Watched:
+    """An endpoint whose listening (or failing to) the gateway service hears of first."""
+
+    endpoint: IStreamServerEndpoint
+    service: GatewayService
+
+    def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:
+        # A failure is the service's to report: StreamServerEndpointService sees None.
+        d: Deferred[Any] = self.endpoint.listen(protocolFactory)
+        d.addCallback(self.service._listening).addErrback(self.service._failed)
+        return d
+
+
+class DrainService(Service):
+    """On stop: not ready any more, runs get their grace, transcripts are flushed."""
+
+    def __init__(self, gateway: Gateway, grace: float) -> None:
+        self.gateway = gateway
+        self.grace = grace
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
@@ -283,7 +335,91 @@ class GatewayService(Service):
 
     async def _stop(self) -> None:
         log.info("openclaw gateway stopping (grace {grace:g}s)", grace=self.grace)
-        if self.port is not None:
-            await maybeDeferred(self.port.stopListening)
         await self.gateway.shutdown(self.grace)
         log.info("openclaw gateway stopped")
+
+
+class GatewayService(MultiService):
+    """
+    The gateway as a service: its port and the drain that gives runs their grace on stop.
+
+    ``listening`` fires with the port once it listens. A port that cannot be had raises a
+    L{StartError} from ``privilegedStartService`` when it fails at once (TCP), or fails
+    ``listening`` when it fails later.
+    """
+
+    def __init__(self, gateway: Gateway, endpoint: IStreamServerEndpoint, grace: float) -> None:
+        super().__init__()
+        self.gateway = gateway
+        self.endpoint = endpoint
+        self.grace = grace
+        self.port: IListeningPort | None = None
+        self.listening: Deferred[IListeningPort] = Deferred()
+        self._starting = False
+        self._start_error: StartError | None = None
+        # Children stop in reverse: the port closes as the drain begins.
+        DrainService(gateway, grace).setServiceParent(self)
+        StreamServerEndpointService(_Watched(endpoint, self), gateway.site()).setServiceParent(self)
+
+    def privilegedStartService(self) -> None:
+        self._starting = True
+        try:
+            super().privilegedStartService()
+        finally:
+            self._starting = False
+        if self._start_error is not None:
+            raise self._start_error
+
+    def _listening(self, port: IListeningPort) -> IListeningPort:
+        address = port.getHost()
+        host = getattr(address, "host", None)
+        if self.gateway.config.gateway.auth.mode == "none" and not _is_local(address):
+            port.stopListening()
+            raise UnsafeBind(
+                f"gateway.auth.mode: 'none' is refused when listening on {host} (not "
+                "loopback); set a token or password, or bind loopback"
+            )
+        self.port = port
+        log.info(
+            "openclaw gateway listening on http://{host}:{port}",
+            host=_url_host(host) if host is not None else "?",
+            port=getattr(address, "port", "?"),
+        )
+        for line in self.gateway.describe():
+            log.info("{line}", line=line)
+        for line in self.gateway.warnings():
+            log.warn("{line}", line=line)
+        self.listening.callback(port)
+        return port
+
+    def _failed(self, f: Failure) -> None:
+        value = f.value
+        error = value if isinstance(value, StartError) else CannotListen(_why(value))
+        if self._starting:
+            self._start_error = error
+        else:
+            self.listening.errback(Failure(error))
+
+
+def _is_local(address: object) -> bool:
+    """A loopback IP, or a UNIX socket (reachable only through the file system)."""
+    if isinstance(address, UNIXAddress):
+        return True
+    host = getattr(address, "host", None)
+    return isinstance(host, str) and is_loopback(host)
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _why(error: BaseException | None) -> str:
+    """``could not listen on 127.0.0.1 port 8080: address already in use`` (no reprs)."""
+    if isinstance(error, CannotListenError):
+        where = f"port {error.port}"
+        if error.interface:
+            where = f"{error.interface} {where}"
+        socket_error = error.socketError
+        reason = getattr(socket_error, "strerror", None) or str(socket_error)
+        return f"could not listen on {where}: {reason[:1].lower()}{reason[1:]}"
+    return f"could not listen: {error}"

@@ -3,30 +3,48 @@
 from __future__ import annotations
 
 import os
-import re
 import secrets
 import sys
 from collections.abc import Mapping
-from typing import Any
+from typing import IO, Any
 
 import attrs
-from twisted.application.service import IService
+from twisted.application.service import IService, MultiService
 from twisted.internet.endpoints import serverFromString
-from twisted.logger import Logger
+from twisted.logger import (
+    ILogObserver,
+    LogEvent,
+    Logger,
+    formatEvent,
+    jsonFileLogObserver,
+    textFileLogObserver,
+)
 from twisted.python import usage
+from twisted.python.failure import Failure
+from zope.interface import implementer
 
+from ._exit import Exit
 from .auth import is_loopback
 from .config import Config, ConfigError, load_config
-from .gateway import DEFAULT_GRACE_SECONDS, Gateway
+from .gateway import DEFAULT_GRACE_SECONDS, Gateway, GatewayService, StartError, UnsafeBind
 from .limits import with_backlog
 
 log = Logger()
+
+LOG_FORMATS = ("text", "json")
+
+
+class ConfigUsageError(usage.UsageError):
+    """The config (or an option over it) cannot be used: one line naming the key."""
 
 
 class Options(usage.Options):
     """The gateway's options, shared by ``twistd openclaw`` and ``openclaw-twisted gateway``."""
 
-    synopsis = "[--config PATH] [--port N|ENDPOINT] [--bind loopback|lan|HOST] [--token T]"
+    synopsis = (
+        "[--config PATH] [--port N|ENDPOINT] [--bind loopback|lan|HOST] [--token T] "
+        "[--log-format text|json]"
+    )
     optParameters = [
         [
             "config",
@@ -51,7 +69,44 @@ class Options(usage.Options):
             "Seconds in-flight runs may take to finish on stop.",
             float,
         ],
+        [
+            "log-format",
+            None,
+            "text",
+            "text (for people) or json (one JSON object a line, for log shippers).",
+        ],
     ]
+
+    #: The config with the command line applied, and the endpoint string (set by parsing).
+    resolved: tuple[Config, str] | None = None
+
+    def postOptions(self) -> None:
+        if self["log-format"] not in LOG_FORMATS:
+            raise usage.UsageError(
+                f"--log-format: expected text or json, got {self['log-format']!r}"
+            )
+        self.resolved = _resolve_or_usage(self)
+        parent = getattr(self, "parent", None)
+        if self["log-format"] == "json" and parent is not None and "logger" in parent:
+            # Under twistd, its --logger (the name of a log observer factory) is the hook;
+            # twistd's options come first on its command line, so its log file is known.
+            global _twistd_log_file
+            _twistd_log_file = parent.get("logfile") or ("-" if parent.get("nodaemon") else "")
+            parent["logger"] = f"{__name__}.twistd_json_observer"
+
+
+def _resolve_or_usage(options: Mapping[str, Any]) -> tuple[Config, str]:
+    try:
+        config, endpoint = resolve(options, os.environ)
+    except ConfigError as e:
+        raise ConfigUsageError(f"config error: {e}") from None
+    from twisted.internet import reactor
+
+    try:
+        serverFromString(reactor, endpoint)  # only parsed here: nothing listens yet
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigUsageError(f"--port: invalid endpoint {options.get('port')!r}: {e}") from None
+    return config, endpoint
 
 
 def resolve(options: Mapping[str, Any], environ: Mapping[str, str]) -> tuple[Config, str]:
@@ -69,19 +124,14 @@ def resolve(options: Mapping[str, Any], environ: Mapping[str, str]) -> tuple[Con
         if not 0 <= number <= 65535:
             raise ConfigError(f"--port: expected a port number 0..65535, got {number}")
         endpoint = f"tcp:{number}:interface={_escape(host)}"
+        # An endpoint string is checked once it listens, on the port's real address.
+        if auth.mode == "none" and not (is_loopback(host) or host == "localhost"):
+            raise ConfigError(
+                f"gateway.auth.mode: 'none' is refused when binding {host} (not loopback); "
+                "set a token or password, or bind loopback"
+            )
     else:
         endpoint = str(port)
-        m = re.search(r"interface=([^:]+)", endpoint)
-        host = (
-            m.group(1).replace("\\", "")
-            if m
-            else ("0.0.0.0" if endpoint.startswith("tcp") else host)
-        )
-    if auth.mode == "none" and not (is_loopback(host) or host == "localhost"):
-        raise ConfigError(
-            f"gateway.auth.mode: 'none' is refused when binding {host} (not loopback); "
-            "set a token or password, or bind loopback"
-        )
     if auth.mode == "token" and not auth.token:
         auth = attrs.evolve(auth, token=secrets.token_hex(24))
         log.info("generated gateway token (no token configured): {token}", token=auth.token)
@@ -94,19 +144,86 @@ def _escape(host: str) -> str:
 
 
 def makeService(options: Mapping[str, Any], reactor: Any = None) -> IService:
-    """Build the gateway service; a bad config ends the process with one line, no traceback."""
+    """
+    The gateway as ``twistd`` runs it: a L{GatewayService} (its port and its drain).
+
+    A bad config is a L{usage.UsageError}; a port that cannot be had ends the start with
+    one log line and exit status 3 (2 for auth ``none`` off loopback).
+    """
     if reactor is None:
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
-    try:
-        config, endpoint_desc = resolve(options, os.environ)
-        endpoint = serverFromString(reactor, endpoint_desc)
-    except ConfigError as e:
-        sys.stderr.write(f"openclaw: config error: {e}\n")
-        raise SystemExit(2) from None
-    except (ValueError, KeyError, TypeError) as e:
-        sys.stderr.write(f"openclaw: --port: invalid endpoint {options.get('port')!r}: {e}\n")
-        raise SystemExit(2) from None
+    resolved = getattr(options, "resolved", None) or _resolve_or_usage(options)
+    config, endpoint = resolved
     gateway = Gateway(config, reactor)
-    return gateway.service(endpoint, grace=float(options.get("grace") or DEFAULT_GRACE_SECONDS))
+    grace = float(options.get("grace") or DEFAULT_GRACE_SECONDS)
+    return Process(gateway.service(serverFromString(reactor, endpoint), grace=grace), reactor)
+
+
+class Process(MultiService):
+    """The gateway service run as a process: a failed start ends it with one line, no hang."""
+
+    def __init__(self, service: GatewayService, reactor: Any) -> None:
+        super().__init__()
+        self.reactor = reactor
+        self.gateway = service
+        #: What the process should exit with once the reactor has stopped.
+        self.exit_code = Exit.OK
+        service.setServiceParent(self)
+        service.listening.addErrback(self._failed_later)
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except StartError as e:
+            # Before the reactor runs (twistd, the CLI): nothing to stop yet, just exit.
+            self._report(e)
+            raise SystemExit(self.exit_code) from None
+
+    def _failed_later(self, f: Failure) -> None:
+        f.trap(StartError)
+        assert isinstance(f.value, StartError)
+        self._report(f.value)
+        self.reactor.callWhenRunning(self.reactor.stop)
+
+    def _report(self, error: StartError) -> None:
+        self.exit_code = Exit.USAGE if isinstance(error, UnsafeBind) else Exit.UNAVAILABLE
+        log.critical("openclaw gateway: {error}", error=str(error))
+
+
+def log_observer(log_format: str, out: IO[str]) -> ILogObserver:
+    """Log events as text lines, or as JSON objects one a line (``json``)."""
+    if log_format == "json":
+        return JSONLines(jsonFileLogObserver(out, recordSeparator=""))
+    observer: ILogObserver = textFileLogObserver(out)
+    return observer
+
+
+@implementer(ILogObserver)
+@attrs.frozen
+class JSONLines:
+    """
+    Twisted's JSON log format (the event's fields as they were logged), one object a line,
+    with ``level`` and the rendered ``text`` added for shippers that look for them.
+    """
+
+    observer: ILogObserver
+
+    def __call__(self, event: LogEvent) -> None:
+        level = event.get("log_level")
+        extra = {"level": getattr(level, "name", None), "text": formatEvent(event)}
+        self.observer({**event, **extra})
+
+
+#: Where ``twistd`` logs (``--logfile``; ``-`` is stdout), for L{twistd_json_observer}.
+_twistd_log_file = "-"
+
+
+def twistd_json_observer() -> ILogObserver:
+    """JSON lines where twistd would write its text log (``--logfile``, stdout with ``-n``)."""
+    from twisted.python.logfile import LogFile
+
+    if _twistd_log_file == "-":
+        return log_observer("json", sys.stdout)
+    return log_observer("json", LogFile.fromFullPath(_twistd_log_file or "twistd.log"))

@@ -5,17 +5,66 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
+import sys
+from importlib.metadata import version
+from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
+import twisted
+from openclaw_twisted._exit import Exit
+from openclaw_twisted.agents.runner import Run
 from openclaw_twisted.agents.sessions import DiskSessionStore
 from openclaw_twisted.cli import AgentOptions, agent_local
+from openclaw_twisted.testing import Script, ScriptedProvider
 
-from .support import child_env, spawn
+from .support import REPO, GatewayProcess, child_env, spawn
+from .ws.helpers import TOKEN, make_gateway, serve
 
-AGENT = ["-m", "openclaw_twisted.cli", "agent"]
+CLI = ["-m", "openclaw_twisted.cli"]
+AGENT = [*CLI, "agent"]
+
+
+def spawn_with_closed_stdout(
+    test: TestCase, args: list[str], env: dict[str, str]
+) -> GatewayProcess:
+    """``python <args>`` whose stdout is a pipe nobody reads (as ``| head -c1`` after a byte)."""
+    read, write = os.pipe()
+    os.close(read)
+    proc = GatewayProcess()
+    reactor.spawnProcess(
+        proc,
+        sys.executable,
+        [sys.executable, *args],
+        env=env,
+        path=REPO,
+        childFDs={0: "w", 1: write, 2: "r"},
+    )
+    os.close(write)
+
+    async def stop() -> None:
+        if not proc.ended.called:
+            proc.terminate()
+            await proc.ended
+
+    test.addCleanup(lambda: Deferred.fromCoroutine(stop()))
+    return proc
+
+
+def first_run(gateway: Any) -> Deferred[Run]:
+    """Fires with the first run that emits an event, once the emitting call has returned."""
+    d: Deferred[Run] = Deferred()
+
+    def first(run: Run, event: object) -> None:
+        if not d.called:
+            reactor.callLater(0, lambda: None if d.called else d.callback(run))
+
+    gateway.runner.listeners.append(first)
+    return d
 
 
 def options(*argv: str) -> AgentOptions:
@@ -97,11 +146,11 @@ class InterruptTests(TestCase):
         await proc.line_with(b"partial answer")
         assert proc.transport is not None
         proc.transport.signalProcess("INT")
-        self.assertEqual(await proc.ended, 1)
+        self.assertEqual(await proc.ended, 130)  # as over WebSocket: one exit-code table
         self.assertEqual(proc.out, b"partial answer\n")
         self.assertEqual(
             proc.err.decode().splitlines(),
-            ["stream cancelled", "openclaw-twisted agent: aborted: The run was cancelled."],
+            ["stream cancelled", "openclaw-twisted agent: interrupted"],
         )
         records = self.successResultOf(
             DiskSessionStore(state).transcript("main", "agent:main:main")
@@ -173,3 +222,120 @@ class LocalTests(TestCase):
             options("--local")
         with self.assertRaises(UsageError):
             options("--local", "-m", "  ")
+
+
+class CommandLineTests(TestCase):
+    timeout = 30
+
+    async def test_version_and_usage_lines(self) -> None:
+        env = child_env(os.path.abspath(self.mktemp()))
+        procs = [
+            spawn(self, [*CLI, "--version"], env),
+            spawn(self, [*CLI, "gateway", "--help"], env),
+            spawn(self, [*CLI, "agent", "--help"], env),
+        ]
+        self.assertEqual(await gatherResults([p.ended for p in procs]), [0, 0, 0])
+        own, gateway, agent = (p.out.decode() for p in procs)
+        self.assertEqual(
+            own, f"openclaw-twisted {version('openclaw-twisted')} (Twisted {twisted.__version__})\n"
+        )
+        self.assertTrue(
+            gateway.startswith("Usage: openclaw-twisted gateway [--config PATH] [--port N|"),
+            gateway,
+        )
+        self.assertTrue(agent.startswith("Usage: openclaw-twisted agent --message TEXT "), agent)
+        for text in (gateway, agent):
+            self.assertNotIn("<command>", text)
+            self.assertNotIn("Twisted version", text)
+
+
+class ExitCodeTests(TestCase):
+    """The one exit-code table (README, CLI), for ``--local`` and over WebSocket alike."""
+
+    timeout = 30
+
+    def test_the_readme_lists_every_status(self) -> None:
+        with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+            cli = f.read().split("\n## CLI\n", 1)[1].split("\n## ", 1)[0]
+        listed = [int(m) for m in re.findall(r"^\| (\d+) \|", cli, re.MULTILINE)]
+        self.assertEqual(listed, sorted(int(e) for e in Exit))
+
+    async def test_the_table_in_both_modes(self) -> None:
+        gateway = make_gateway(
+            self,
+            {
+                "gateway": {"auth": {"token": TOKEN}},
+                "agents": {"list": [{"id": "main"}, {"id": "broken", "model": "nowhere/m"}]},
+            },
+        )
+        url = (await serve(self, gateway)).replace("http://", "ws://")
+        state = os.path.abspath(self.mktemp())
+        os.makedirs(state)
+        ws = [*AGENT, "--url", url, "-m", "hi"]
+        # The rest of the table is covered in-process (tests.ws.test_client, LocalTests).
+        cases: dict[str, tuple[list[str], int]] = {
+            "ws run failed": ([*ws, "--token", TOKEN, "--agent", "broken"], 1),
+            "ws unknown agent": ([*ws, "--token", TOKEN, "--agent", "ghost"], 2),
+            "local unknown agent": ([*AGENT, "--local", "-m", "hi", "--agent", "ghost"], 2),
+            "ws no gateway": ([*AGENT, "--url", "ws://127.0.0.1:1", "-m", "hi"], 3),
+        }
+        env = child_env(state)
+        procs = {name: spawn(self, args, env) for name, (args, _) in cases.items()}
+        codes = await gatherResults([p.ended for p in procs.values()])
+        self.assertEqual(
+            dict(zip(procs, codes, strict=True)), {name: code for name, (_, code) in cases.items()}
+        )
+        for name, proc in procs.items():
+            err = proc.err.decode()
+            self.assertEqual(err.count("\n"), 1, (name, err))
+            self.assertNotIn("Traceback", err, name)
+
+
+class ClosedOutputTests(TestCase):
+    """``agent ... | head -c1``: stdout gone, the run is cancelled, exit 141, no traceback."""
+
+    timeout = 30
+
+    def state(self) -> str:
+        d = os.path.abspath(self.mktemp())
+        os.makedirs(d)
+        return d
+
+    async def test_local(self) -> None:
+        state = self.state()
+        hanging = spawn_with_closed_stdout(self, ["-c", HANGING], child_env(state))
+        echo = spawn_with_closed_stdout(
+            self, [*AGENT, "--local", "-m", "hi"], child_env(self.state())
+        )
+        self.assertEqual(await gatherResults([hanging.ended, echo.ended]), [141, 141])
+        self.assertEqual(echo.err, b"")
+        # The model stream was cancelled, the turn kept as aborted.
+        self.assertEqual(hanging.err, b"stream cancelled\n")
+        records = DiskSessionStore(state).transcript("main", "agent:main:main")
+        self.assertEqual(
+            [(r["role"], r.get("stopReason")) for r in records],
+            [("user", None), ("assistant", "aborted")],
+        )
+
+    async def test_over_websocket(self) -> None:
+        clock = Clock()
+        provider = ScriptedProvider(Script(delta_delay=1.0), clock=clock)
+        config = {
+            "gateway": {"auth": {"token": TOKEN}},
+            "agents": {"defaults": {"model": "scripted/m"}},
+        }
+        gateway = make_gateway(self, config, providers=(provider,))
+        url = (await serve(self, gateway)).replace("http://", "ws://")
+        started = first_run(gateway)
+        proc = spawn_with_closed_stdout(
+            self,
+            [*AGENT, "--url", url, "--token", TOKEN, "-m", "hi", "--agent", "main"],
+            child_env(self.state()),
+        )
+        run = await started
+        clock.advance(1)  # the first delta: its write fails, the CLI aborts the run
+        self.assertEqual(await proc.ended, 141)
+        self.assertEqual(proc.err, b"")
+        result = await run.wait()
+        self.assertEqual(result.error.kind if result.error else None, "aborted")
+        self.assertTrue(provider.streams[0].cancelled)

@@ -123,6 +123,36 @@ class ValueTests(SynchronousTestCase):
         )
         self.assertEqual(config.agents[0].id, "main")
 
+    def test_keys_one_edit_from_a_known_key_are_near_misses(self) -> None:
+        config = parse_config(
+            {
+                "gateway": {
+                    "prot": 1,  # swapped letters
+                    "Bind": "lan",  # case
+                    "mode": "local",  # OpenClaw's, not a typo of anything served
+                    "http": {"endpoints": {"chatCompletion": {"enabled": True}}},
+                },
+                "agent": {},  # a letter missing
+                "agents": {
+                    "defaults": {"models": {}},  # OpenClaw's model catalog, not "model"
+                    "list": [{"id": "a", "modle": "x/y", "models": {}}],
+                },
+            },
+            {},
+        )
+        self.assertEqual(
+            sorted(config.near_misses),
+            [
+                ("agent", "agents"),
+                ("agents.list[0].modle", "agents.list[0].model"),
+                ("gateway.Bind", "gateway.bind"),
+                ("gateway.http.endpoints.chatCompletion", "gateway.http.endpoints.chatCompletions"),
+                ("gateway.prot", "gateway.port"),
+            ],
+        )
+        self.assertIn("gateway.mode", config.ignored)
+        self.assertFalse(config.chat_completions.enabled)
+
     def test_unsupported_provider_api_is_noted_not_fatal(self) -> None:
         config = parse_config(
             {"models": {"providers": {"g": {"api": "google-generative-ai", "baseUrl": "x"}}}}, {}

@@ -86,13 +86,26 @@ class ProcessTests(TestCase):
         path = os.path.join(state, "bad.json")
         with open(path, "w") as f:
             f.write('{gateway: {port: "abc"}}')
-        proc = spawn(self, twistd_args("--config", path), child_env(state))
-        code = await proc.ended
-        self.assertNotEqual(code, 0)
-        err = proc.err.decode().strip()
-        self.assertEqual(len(err.splitlines()), 1, err)
-        self.assertIn("gateway.port", err)
-        self.assertNotIn("Traceback", err + proc.out.decode())
+        state_env = child_env(state)
+        cli = spawn(self, ["-m", "openclaw_twisted.cli", "gateway", "--config", path], state_env)
+        proc = spawn(self, twistd_args("--config", path), state_env)
+        # twistd reports a bad config as a usage error: its usage, then the one line.
+        self.assertEqual(await proc.ended, 1)
+        out = proc.out.decode()
+        self.assertTrue(out.startswith("Usage: twistd [options]"), out)
+        self.assertEqual(
+            out.strip().splitlines()[-1].split(": ", 1)[1],
+            "config error: gateway.port: expected a port number 0..65535, got 'abc'",
+        )
+        self.assertNotIn("Traceback", out + proc.err.decode())
+        # The console script: only the line, exit 2 (the CLI's exit-code table).
+        self.assertEqual(await cli.ended, 2)
+        self.assertEqual(
+            cli.err.decode(),
+            "openclaw-twisted gateway: config error: gateway.port: expected a port number "
+            "0..65535, got 'abc'\n",
+        )
+        self.assertEqual(cli.out, b"")
 
     async def test_openclaw_keys_we_do_not_serve_start_fine(self) -> None:
         state = self._state()

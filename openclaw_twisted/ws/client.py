@@ -22,6 +22,7 @@ from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS  # noqa: 
 from twisted.internet.ssl import optionsForClientTLS  # noqa: E402
 from twisted.python.failure import Failure  # noqa: E402
 
+from .._exit import Exit  # noqa: E402
 from .._pull import PullQueue  # noqa: E402
 from ..config import ConfigError, load_config  # noqa: E402
 from .server import PROTOCOL_VERSION  # noqa: E402
@@ -31,11 +32,15 @@ CONNECT_TIMEOUT = 10.0
 #: Seconds an interrupted command waits for the gateway to confirm the abort.
 ABORT_GRACE = 3.0
 #: The exit status of a command stopped by Ctrl-C (128 + SIGINT).
-INTERRUPTED = 130
+INTERRUPTED = Exit.INTERRUPTED
 
 
 class ClientError(Exception):
-    """Why the command failed, as the one line it prints."""
+    """Why the command failed, as the one line it prints, and the exit status it means."""
+
+    def __init__(self, message: str, code: Exit = Exit.UNAVAILABLE) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class _Client(WebSocketClientProtocol):
@@ -65,23 +70,35 @@ class _Client(WebSocketClientProtocol):
         self.sendMessage(json.dumps(frame).encode("utf-8"))
 
 
-def _credentials(options: Mapping[str, Any], environ: Mapping[str, str]) -> dict[str, str]:
-    """``--token``, else the environment, else the config file's secret."""
+def _credentials(
+    options: Mapping[str, Any], environ: Mapping[str, str]
+) -> tuple[dict[str, str], str | None]:
+    """``--token``, else the environment, else the config file's secret; and where it came from."""
     if options.get("token"):
-        return {"token": options["token"]}
+        return {"token": options["token"]}, "--token"
     if environ.get("OPENCLAW_GATEWAY_TOKEN"):
-        return {"token": environ["OPENCLAW_GATEWAY_TOKEN"]}
+        return {"token": environ["OPENCLAW_GATEWAY_TOKEN"]}, "$OPENCLAW_GATEWAY_TOKEN"
     if environ.get("OPENCLAW_GATEWAY_PASSWORD"):
-        return {"password": environ["OPENCLAW_GATEWAY_PASSWORD"]}
+        return {"password": environ["OPENCLAW_GATEWAY_PASSWORD"]}, "$OPENCLAW_GATEWAY_PASSWORD"
     try:
-        auth = load_config(options.get("config"), environ).gateway.auth
+        config = load_config(options.get("config"), environ)
     except ConfigError:
-        return {}
-    if auth.token:
-        return {"token": auth.token}
-    if auth.password:
-        return {"password": auth.password}
-    return {}
+        return {}, None
+    where = f" ({config.source})" if config.source else ""
+    if config.gateway.auth.token:
+        return {"token": config.gateway.auth.token}, f"gateway.auth.token of the config{where}"
+    if config.gateway.auth.password:
+        password = config.gateway.auth.password
+        return {"password": password}, f"gateway.auth.password of the config{where}"
+    return {}, None
+
+
+#: Where a secret comes from, for the message when none was sent.
+NO_SECRET = (
+    "no token was sent; pass --token T, set $OPENCLAW_GATEWAY_TOKEN, or put the gateway's "
+    "token in gateway.auth.token of the config file (--config PATH); in password mode "
+    "$OPENCLAW_GATEWAY_PASSWORD or gateway.auth.password"
+)
 
 
 def default_url(options: Mapping[str, Any], environ: Mapping[str, str]) -> str:
@@ -156,6 +173,8 @@ class AgentCommand:
         self.err = err
         self.environ = environ
         self.interrupted = False
+        #: Why the turn was cancelled from this side: Ctrl-C or a closed stdout.
+        self.cancelled: Exit | None = None
         self.client: _Client | None = None
         self.run_id: str | None = None
         self._connecting: Deferred[Any] | None = None
@@ -165,11 +184,12 @@ class AgentCommand:
         """Fires with the exit code."""
         return ensureDeferred(self._main())
 
-    def interrupt(self) -> None:
+    def interrupt(self, why: Exit = Exit.INTERRUPTED) -> None:
         """Stop: abort the run if it started, else give up connecting."""
         if self.interrupted:
             return
         self.interrupted = True
+        self.cancelled = why
         if self._connecting is not None:
             self._connecting.cancel()
         elif self.client is not None and not self._agent_sent:
@@ -188,22 +208,34 @@ class AgentCommand:
         try:
             await self._run()
         except Exception as e:
+            if self.cancelled == Exit.OUTPUT_CLOSED:
+                return Exit.OUTPUT_CLOSED  # nobody reads: nothing to say
             if self.interrupted:
-                line, code = "interrupted", INTERRUPTED
+                line, code = "interrupted", Exit.INTERRUPTED
             elif isinstance(e, ClientError):
-                line, code = str(e), 1
+                line, code = str(e), e.code
             else:
                 raise
             self.err.write(f"openclaw-twisted agent: {line}\n")
             self.err.flush()
             return code
-        return 0
+        return self.cancelled if self.cancelled is not None else Exit.OK
+
+    def _write(self, text: str) -> None:
+        """Print part of the answer; a closed stdout cancels the run on the gateway."""
+        if self.cancelled == Exit.OUTPUT_CLOSED:
+            return
+        try:
+            self.out.write(text)
+            self.out.flush()
+        except (OSError, ValueError):
+            self.interrupt(Exit.OUTPUT_CLOSED)
 
     async def _run(self) -> None:
         options = self.options
         message = options.get("message")
         if not message or not str(message).strip():
-            raise ClientError("--message is required")
+            raise ClientError("--message is required", Exit.USAGE)
         url = options.get("url") or default_url(options, self.environ)
         self.client = client = await self._connect(url)
         try:
@@ -226,7 +258,7 @@ class AgentCommand:
         try:
             factory = WebSocketClientFactory(url, reactor=self.reactor)
         except Exception as e:
-            raise ClientError(f"invalid --url {url!r}: {e}") from None
+            raise ClientError(f"invalid --url {url!r}: {e}", Exit.USAGE) from None
         factory.protocol = _Client
         factory.setProtocolOptions(openHandshakeTimeout=CONNECT_TIMEOUT)
         endpoint: Any = HostnameEndpoint(
@@ -254,6 +286,7 @@ class AgentCommand:
             raise ClientError("the gateway did not send connect.challenge")
         from .. import __version__
 
+        secret, source = _credentials(self.options, self.environ)
         client.send_json(
             {
                 "type": "req",
@@ -268,17 +301,22 @@ class AgentCommand:
                         "platform": sys.platform,
                         "mode": "cli",
                     },
-                    "auth": _credentials(self.options, self.environ),
+                    "auth": secret,
                 },
             }
         )
         hello = await _next(client, "during connect")
         if not hello.get("ok"):
+            error = hello.get("error") or {}
+            if error.get("code") == "UNAUTHORIZED":
+                why = (
+                    NO_SECRET if source is None else f"the gateway refused the secret from {source}"
+                )
+                raise ClientError(f"UNAUTHORIZED: {why}", Exit.USAGE)
             raise _failed(hello)
 
     async def _stream(self, client: _Client) -> None:
         """Print the deltas of our run until its final reply; a newline ends the answer."""
-        out = self.out
         printed = False
         try:
             while True:
@@ -286,8 +324,7 @@ class AgentCommand:
                 if frame.get("type") == "event" and frame.get("event") == "agent":
                     event = frame.get("payload") or {}
                     if event.get("runId") == self.run_id and event.get("stream") == "assistant":
-                        out.write(event["data"]["delta"])
-                        out.flush()
+                        self._write(event["data"]["delta"])
                         printed = True
                     continue
                 if frame.get("type") != "res" or frame.get("id") != "agent":
@@ -302,13 +339,12 @@ class AgentCommand:
                     continue
                 if not printed:
                     texts = [p.get("text", "") for p in payload["result"]["payloads"]]
-                    out.write("".join(texts))
+                    self._write("".join(texts))
                     printed = True
                 return
         finally:
             if printed:
-                out.write("\n")
-                out.flush()
+                self._write("\n")
 
 
 async def _next(client: _Client, what: str) -> dict[str, Any]:
@@ -322,5 +358,16 @@ async def _next(client: _Client, what: str) -> dict[str, Any]:
 
 
 def _failed(frame: dict[str, Any]) -> ClientError:
+    """The gateway's error reply as one line, and its exit status."""
     error = frame.get("error") or {}
-    return ClientError(f"{error.get('code', 'ERROR')}: {error.get('message', 'request failed')}")
+    code = error.get("code", "ERROR")
+    details = error.get("details")
+    if isinstance(details, dict) and details.get("kind"):
+        status = Exit.RUN_FAILED  # the run started and failed (model, timeout, aborted)
+    elif code in ("INVALID_REQUEST", "UNAUTHORIZED", "RATE_LIMITED"):
+        status = Exit.USAGE
+    elif code == "UNAVAILABLE":
+        status = Exit.UNAVAILABLE
+    else:
+        status = Exit.RUN_FAILED
+    return ClientError(f"{code}: {error.get('message', 'request failed')}", status)

@@ -678,7 +678,7 @@ class GatewayWebSocketFactory(WebSocketServerFactory):
         self.setProtocolOptions(
             maxMessagePayloadSize=max_payload, maxFramePayloadSize=max_payload, failByDrop=False
         )
-        self.started_ms = int(gateway.reactor.seconds() * 1000)
+        self.started_ms = int(gateway.started_at * 1000)
         self.connections: set[GatewayWebSocket] = set()
         self.runs: OrderedDict[str, Tracked] = OrderedDict()
         self._keys: OrderedDict[tuple[str, str], str] = OrderedDict()

@@ -41,6 +41,13 @@ class Writes(io.StringIO):
         return super().write(s)
 
 
+class ClosedPipe(io.StringIO):
+    """A stdout whose reader has gone: every write fails as on a closed pipe."""
+
+    def write(self, s: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
 class RunAgentTests(TestCase):
     timeout = 10
 
@@ -89,9 +96,36 @@ class RunAgentTests(TestCase):
     async def test_bad_token_is_one_line_and_nonzero(self) -> None:
         url = await self.start()
         code, out, err = await self.agent(message="hi", url=url, token="wrong")
-        self.assertEqual(code, 1)
+        self.assertEqual(code, 2)
         self.assertEqual(out.getvalue(), "")
-        self.assertEqual(err.getvalue(), "openclaw-twisted agent: UNAUTHORIZED: Unauthorized\n")
+        self.assertEqual(
+            err.getvalue(),
+            "openclaw-twisted agent: UNAUTHORIZED: the gateway refused the secret from --token\n",
+        )
+
+    async def test_no_token_says_where_one_comes_from(self) -> None:
+        url = await self.start()
+        code, out, err = await self.agent(message="hi", url=url)
+        self.assertEqual((code, out.getvalue()), (2, ""))
+        line = err.getvalue()
+        self.assertEqual(line.count("\n"), 1, line)
+        self.assertTrue(line.startswith("openclaw-twisted agent: UNAUTHORIZED: no token was sent"))
+        for source in ("--token", "$OPENCLAW_GATEWAY_TOKEN", "gateway.auth.token"):
+            self.assertIn(source, line)
+
+    async def test_closed_output_aborts_the_run(self) -> None:
+        """stdout gone (a closed pipe): the run is aborted on the gateway, exit 141, no noise."""
+        clock = Clock()
+        url = await self.start(Script(delta_delay=1.0), clock)
+        out, err = ClosedPipe(), io.StringIO()
+        d = run_agent(reactor, {"message": "hi", "url": url, "token": TOKEN}, out, err, {})
+        run = await self.started()
+        clock.advance(1)
+        self.assertEqual(await d, 141)
+        self.assertEqual(err.getvalue(), "")
+        result = await run.wait()
+        self.assertEqual(result.error.kind if result.error else None, "aborted")
+        self.assertTrue(self.provider.streams[0].cancelled)
 
     async def test_provider_failure_mid_stream(self) -> None:
         url = await self.start(
@@ -147,16 +181,16 @@ class RunAgentTests(TestCase):
     async def test_unknown_agent(self) -> None:
         url = await self.start()
         code, _, err = await self.agent(message="hi", url=url, token=TOKEN, agent="ghost")
-        self.assertEqual(code, 1)
+        self.assertEqual(code, 2)
         self.assertIn("INVALID_REQUEST: Unknown agent 'ghost'.", err.getvalue())
 
     async def test_nothing_listening(self) -> None:
         code, _, err = await self.agent(message="hi", url="ws://127.0.0.1:1", token=TOKEN)
-        self.assertEqual(code, 1)
+        self.assertEqual(code, 3)
         self.assertIn("cannot connect to ws://127.0.0.1:1", err.getvalue())
         self.assertEqual(len(err.getvalue().splitlines()), 1)
         code, _, err = await self.agent(message="hi", url="http://nope", token=TOKEN)
-        self.assertEqual(code, 1)
+        self.assertEqual(code, 2)
         self.assertIn("invalid --url", err.getvalue())
 
 
@@ -214,9 +248,12 @@ class CommandTests(TestCase):
             ],
             child_env(state),
         )
-        self.assertEqual(await bad.ended, 1)
+        self.assertEqual(await bad.ended, 2)
         self.assertEqual(bad.out, b"")
-        self.assertEqual(bad.err, b"openclaw-twisted agent: UNAUTHORIZED: Unauthorized\n")
+        self.assertEqual(
+            bad.err,
+            b"openclaw-twisted agent: UNAUTHORIZED: the gateway refused the secret from --token\n",
+        )
 
     async def test_agent_command_needs_a_message(self) -> None:
         proc = spawn(self, ["-m", "openclaw_twisted.cli", "agent"], child_env(self._state()))
