@@ -15,7 +15,9 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from .completions import ChatCompletions
 from .errors import JSON_TYPE, error_body, json_body, not_found
 from .gate import NO_BODY, BodyRule, RouteGate, method_not_allowed
+from .origin import BrowserPolicy
 from .request import BodyLimit, RoutePath
+from .root import root_refusal
 
 log = Logger()
 
@@ -45,6 +47,7 @@ class GatewayHTTP:
         # entry gets the gate's small default).  A new body route brings its own line: say
         # ``"responses": BodyRule(20 MiB, json=True, precheck=<its auth>)`` for
         # ``/v1/responses``, 2 MiB for ``/tools/invoke``.
+        policy = BrowserPolicy.from_config(gateway.config.gateway)
         self.gate = RouteGate(
             self.app.url_map,
             {
@@ -57,6 +60,7 @@ class GatewayHTTP:
                     cc.max_body_bytes, json=True, precheck=lambda r: self.chat.precheck(r, b"POST")
                 ),
             },
+            before=lambda r: root_refusal(r, policy),
         )
 
     def body_gate(self, request: IRequest, route: RoutePath) -> bytes | BodyLimit | None:

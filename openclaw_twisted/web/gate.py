@@ -101,15 +101,21 @@ class RouteGate:
     The route is found by the app's own URL map on the normalised path the router will see,
     so the gate and the router never disagree on which route a request reaches.  ``rules``
     maps a route's endpoint name to its L{BodyRule}; a route not named gets ``default``.
-    The order is CONTRACT §4.1's: 404 (no route, or the endpoint off), 405, 401/429, then
-    415 and 413.
+    The order is the root's refusals (``before``), then CONTRACT §4.1's: 404 (no route, or
+    the endpoint off), 405, 401/429, then 415 and 413.
     """
 
     url_map: Map
     rules: Mapping[str, BodyRule]
     default: BodyRule = BodyRule(DEFAULT_MAX_BODY_BYTES)
+    #: What the root resource answers before any route (a foreign Host, a bad handshake).
+    before: Callable[[IRequest], bytes | None] | None = None
 
     def __call__(self, request: IRequest, route: RoutePath) -> bytes | BodyLimit:
+        if self.before is not None:
+            refusal = self.before(request)
+            if refusal is not None:
+                return refusal
         if is_websocket_upgrade(request):
             return no_body(request, "A WebSocket upgrade")
         method = request.method.decode("latin-1")

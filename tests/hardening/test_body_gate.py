@@ -35,11 +35,16 @@ AUTH = b"Authorization: Bearer " + TOKEN.encode() + b"\r\n"
 
 
 def head(
-    method: str, path: str, *extra: bytes, chunked: bool = False, size: int = 512 * MiB
+    method: str,
+    path: str,
+    *extra: bytes,
+    chunked: bool = False,
+    size: int = 512 * MiB,
+    host: str = "127.0.0.1",
 ) -> bytes:
     framing = b"Transfer-Encoding: chunked\r\n" if chunked else b"Content-Length: %d\r\n" % size
     return (
-        f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n".encode()
+        f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n".encode()
         + b"".join(extra)
         + framing
         + b"\r\n"
@@ -216,7 +221,10 @@ class BodyGateLoopbackTests(TestCase):
         models = ["/v1/models", "/v1//models", "/v1/models/openclaw%2Fmain", "/v1/models/nope"]
         unknown = ["/nope", "/v1/chat/completion", "/v1/chat/completions/", "/", "/%ff"]
         wrong = b"Authorization: Bearer wrong\r\n"
-        upgrade = b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+        upgrade = (
+            b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        )
         # (method, path, headers, status, whether an authenticated body is read to the limit)
         cases: list[tuple[str, str, tuple[bytes, ...], int, bool]] = []
         for path in chat:
@@ -254,6 +262,22 @@ class BodyGateLoopbackTests(TestCase):
                     self.assertEqual(set(r.json()["error"]), {"message", "type", "param", "code"})
                 if not (reads and chunked):
                     most = max(most, sent)
+        # What the root refuses before any route is refused before the body too.
+        for path, headers in (("/v1/chat/completions", (JSON, AUTH)), ("/", (upgrade,))):
+            for chunked in (False, True):
+                r, _ = await self.assertRefusedEarly(
+                    port,
+                    head(
+                        "GET" if path == "/" else "POST",
+                        path,
+                        *headers,
+                        chunked=chunked,
+                        host="evil.example",
+                    ),
+                    chunked,
+                    421,
+                )
+                self.assertEqual(r.json()["error"]["code"], "host_not_allowed")
         self.assertEqual(self.provider.requests, [])
         print(f"\n  {len(cases) * 2} refusals: at most {most / MiB:.1f} MiB sent before the answer")
 

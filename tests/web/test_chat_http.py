@@ -125,7 +125,7 @@ class OrderOfChecksTests(Base):
         self.with_config(gateway_config("x", maxBodyBytes=1000))
         client = MemoryClient(self.gateway)
         client.send(
-            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
             b"Authorization: Bearer " + TOKEN.encode() + b"\r\n"
             b"Content-Type: application/json\r\n"
             b"Expect: 100-continue\r\nContent-Length: 1001\r\n\r\n"
@@ -157,7 +157,7 @@ class OrderOfChecksTests(Base):
         self.with_config(gateway_config("x", maxBodyBytes=100))
         client = MemoryClient(self.gateway)
         client.send(
-            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
             b"Authorization: Bearer " + TOKEN.encode() + b"\r\n"
             b"Content-Type: application/json\r\n"
             b"Transfer-Encoding: chunked\r\n\r\n"
@@ -172,7 +172,7 @@ class OrderOfChecksTests(Base):
     def test_slow_body_is_408_after_30_seconds(self) -> None:
         client = MemoryClient(self.gateway)
         client.send(
-            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
             b"Authorization: Bearer " + TOKEN.encode() + b"\r\n"
             b"Content-Type: application/json\r\n"
             b'Content-Length: 100\r\n\r\n{"model":'

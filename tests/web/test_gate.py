@@ -113,8 +113,8 @@ class ContentTypeTests(Base):
         client = MemoryClient(self.gateway)
         body = b'{"messages": [{"role": "user", "content": "hi"}]}'
         client.send(
-            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer test-token"
-            b"\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Authorization: Bearer test-token\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
         )
         r = client.response()
         self.assertEqual(r.status, 415)
@@ -183,9 +183,9 @@ class DefaultRuleTests(SynchronousTestCase):
 class BareLineFeedTests(Base):
     def test_a_bare_lf_head_is_a_json_400_at_once(self) -> None:
         for head in (
-            b"GET /healthz HTTP/1.1\nHost: x\n\n",
-            b"GET /healthz HTTP/1.1\r\nHost: x\nAccept: */*\r\n\r\n",
-            b"GET /healthz HTTP/1.1\r\nHost: x\n",
+            b"GET /healthz HTTP/1.1\nHost: 127.0.0.1\n\n",
+            b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\nAccept: */*\r\n\r\n",
+            b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\n",
         ):
             client = MemoryClient(self.gateway)
             client.send(head)
@@ -196,13 +196,16 @@ class BareLineFeedTests(Base):
 
     def test_a_crlf_split_between_reads_is_fine(self) -> None:
         client = MemoryClient(self.gateway)
-        for piece in (b"GET /healthz HTTP/1.1\r", b"\nHost: x\r", b"\n\r", b"\n"):
+        for piece in (b"GET /healthz HTTP/1.1\r", b"\nHost: 127.0.0.1\r", b"\n\r", b"\n"):
             client.send(piece)
         self.assertEqual(client.response().status, 200)
 
     def test_after_a_good_request_on_the_same_connection(self) -> None:
         client = MemoryClient(self.gateway)
-        client.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\nHost: x\n\n")
+        client.send(
+            b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+            b"GET /healthz HTTP/1.1\nHost: 127.0.0.1\n\n"
+        )
         data = client.transport.value()
         self.assertTrue(data.startswith(b"HTTP/1.1 200 OK"), data)
         self.assertIn(b"HTTP/1.1 400 Bad Request", data)
@@ -218,7 +221,9 @@ class SlowBodyTests(Base):
         for path in (b"/v1/chat/completions", b"//v1/chat%2Fcompletions"):
             client = MemoryClient(self.gateway)
             client.send(
-                b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer test-token\r\n"
+                b"POST "
+                + path
+                + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer test-token\r\n"
                 b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
             )
             for _ in range(int(BODY_TIMEOUT_SECONDS) - 1):
