@@ -14,7 +14,10 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from .completions import ChatCompletions
 from .errors import JSON_TYPE, error_body, json_body, not_found
-from .request import BodyLimit
+from .gate import NO_BODY, BodyRule, RouteGate, method_not_allowed
+from .origin import BrowserPolicy
+from .request import BodyLimit, RoutePath
+from .root import root_refusal
 
 log = Logger()
 
@@ -38,10 +41,31 @@ class GatewayHTTP:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self.chat = ChatCompletions(gateway)
+        cc = gateway.config.chat_completions
+        models = BodyRule(0, precheck=lambda r: self.chat.precheck(r, b"GET, HEAD"))
+        # What each route takes as a body, by endpoint name (a route added below without an
+        # entry gets the gate's small default).  A new body route brings its own line: say
+        # ``"responses": BodyRule(20 MiB, json=True, precheck=<its auth>)`` for
+        # ``/v1/responses``, 2 MiB for ``/tools/invoke``.
+        policy = BrowserPolicy.from_config(gateway.config.gateway)
+        self.gate = RouteGate(
+            self.app.url_map,
+            {
+                "health": NO_BODY,
+                "ready": NO_BODY,
+                "openapi": NO_BODY,
+                "models": models,
+                "model": models,
+                "chat_completions": BodyRule(
+                    cc.max_body_bytes, json=True, precheck=lambda r: self.chat.precheck(r, b"POST")
+                ),
+            },
+            before=lambda r: root_refusal(r, policy),
+        )
 
-    def body_gate(self, request: IRequest) -> bytes | BodyLimit | None:
-        """Checks a request once its headers are in, before its body is read."""
-        return self.chat.body_gate(request)
+    def body_gate(self, request: IRequest, route: RoutePath) -> bytes | BodyLimit | None:
+        """Checks a request with a body once its headers are in, before the body is read."""
+        return self.gate(request, route)
 
     @app.route("/healthz", methods=["GET", "HEAD"])
     @app.route("/health", methods=["GET", "HEAD"])
@@ -86,8 +110,5 @@ class GatewayHTTP:
 
     @app.handle_errors(MethodNotAllowed)
     def wrong_method(self, request: IRequest, failure: Failure) -> bytes:
-        request.setResponseCode(405)
         allowed = getattr(failure.value, "valid_methods", None) or []
-        request.setHeader(b"allow", ", ".join(allowed).encode("ascii"))
-        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-        return b"Method Not Allowed"
+        return method_not_allowed(request, ", ".join(allowed).encode("ascii"))

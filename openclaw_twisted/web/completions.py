@@ -16,7 +16,7 @@ from ..auth import bearer
 from ..limits import TooManyRuns
 from .chat import InvalidRequest, decode_body, parse_chat
 from .errors import ErrorReply, error_body, json_body, not_found, run_error_reply
-from .request import BodyLimit
+from .gate import json_content_type, method_not_allowed, payload_too_large
 from .sse import CompletionStream, usage_json
 
 if TYPE_CHECKING:
@@ -25,23 +25,9 @@ if TYPE_CHECKING:
 
 log = Logger()
 
-CHAT_PATH = b"/v1/chat/completions"
 NO_RESPONSE = "No response from OpenClaw."
 #: The request headers the chat request reads (lower-case).
 OPENCLAW_HEADERS = ("x-openclaw-agent-id", "x-openclaw-agent", "x-openclaw-session-key")
-
-
-def method_not_allowed(request: IRequest, allow: bytes) -> bytes:
-    request.setResponseCode(405)
-    request.setHeader(b"allow", allow)
-    request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-    return b"Method Not Allowed"
-
-
-def payload_too_large(request: IRequest) -> bytes:
-    return error_body(
-        request, 413, "Payload too large", "invalid_request_error", code="payload_too_large"
-    )
 
 
 class ChatCompletions:
@@ -82,18 +68,6 @@ class ChatCompletions:
         request.setHeader(b"www-authenticate", b"Bearer")
         return error_body(request, 401, "Unauthorized", "unauthorized")
 
-    def body_gate(self, request: IRequest) -> bytes | BodyLimit | None:
-        """Run when a request's headers are in (L{GatewaySite}): refuse before reading."""
-        if request.path != CHAT_PATH:
-            return None
-        refusal = self.precheck(request, b"POST")
-        if refusal is not None:
-            return refusal
-        length = request.getHeader(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.config.max_body_bytes:
-            return payload_too_large(request)
-        return BodyLimit(self.config.max_body_bytes, payload_too_large)
-
     # POST /v1/chat/completions
 
     async def complete(self, request: IRequest) -> bytes | None:
@@ -103,6 +77,12 @@ class ChatCompletions:
                 return refusal
         content: Any = request.content
         size = content.seek(0, 2)
+        # The gate of the gateway's own Site decided these before the body (web/gate.py);
+        # a Site without it (embedding) gets the same answers after.
+        if not getattr(request, "prechecked", False) and size:
+            refusal = json_content_type(request)
+            if refusal is not None:
+                return refusal
         if size > self.config.max_body_bytes:
             return payload_too_large(request)
         content.seek(0)

@@ -1,10 +1,13 @@
-"""Request bodies on the gateway's own Site: checked when the headers arrive, bounded, timed."""
+"""Requests on the gateway's own Site: one path spelling, bodies gated when the head is in."""
 
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Callable
-from typing import Any
+from io import BytesIO
+from typing import IO, Any
+from urllib.parse import quote, unquote_to_bytes
 
 import attrs
 from twisted.internet.defer import Deferred, DeferredList
@@ -31,6 +34,56 @@ HEADER_TIMEOUT_SECONDS = 30.0
 #: After an early answer, how long unread request bytes are drained so the client can read
 #: the answer before the connection closes (closing with unread data would reset it).
 LINGER_SECONDS = 5.0
+#: Bodies of unknown length (chunked) are kept in memory up to this size, then spooled to a
+#: temporary file, as Twisted does for a declared length.
+SPOOL_BYTES = 100_000
+#: Path characters kept as they are when a path is spelled canonically (RFC 3986 pchar).
+_PCHAR = "!$&'()*+,;=:@-._~"
+BARE_LF = "Malformed HTTP request: lines must end with CRLF (\\r\\n), not a bare LF."
+
+
+@attrs.frozen
+class RoutePath:
+    """A request path as the router sees it: its segments, percent-decoded."""
+
+    segments: tuple[bytes, ...]
+
+    @property
+    def text(self) -> str:
+        """What the routes are matched against: the segments joined with ``/``."""
+        return "/" + "/".join(s.decode("utf-8") for s in self.segments)
+
+    @property
+    def path(self) -> bytes:
+        """The canonical spelling: each segment percent-encoded again where it must be."""
+        return b"/" + b"/".join(quote(s, safe=_PCHAR).encode("ascii") for s in self.segments)
+
+
+def route_path(path: bytes) -> RoutePath | None:
+    """
+    The one normalisation of a request path, for the body gate and the router alike.
+
+    Percent-encodings are decoded (an encoded slash is a slash: Twisted and Klein route on
+    decoded segments joined with ``/``, which is how ``GET /v1/models/openclaw%2Fmain``
+    names the model ``openclaw/main``), duplicate slashes merged, dot segments resolved
+    (RFC 3986 §5.2.4, ``%2e`` included), a trailing slash kept.  ``None`` when the decoded
+    path is not UTF-8 (the router could not match it).
+    """
+    parts = unquote_to_bytes(path).split(b"/")
+    try:
+        b"".join(parts).decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    segments: list[bytes] = []
+    for part in parts:
+        if part == b"..":
+            if segments:
+                segments.pop()
+        elif part not in (b"", b"."):
+            segments.append(part)
+    if segments and parts[-1] in (b"", b".", b".."):
+        segments.append(b"")  # "/healthz/" is not "/healthz"
+    return RoutePath(tuple(segments))
 
 
 @attrs.frozen
@@ -41,10 +94,11 @@ class BodyLimit:
     too_large: Callable[[IRequest], bytes]
 
 
-#: Called once a request's headers are in and it has a body: ``bytes`` is an answer to send
-#: at once (status and headers already set on the request), a L{BodyLimit} bounds the body,
-#: ``None`` leaves it alone.
-BodyGate = Callable[[IRequest], "bytes | BodyLimit | None"]
+#: Called once a request's headers are in and it has a body (declared or chunked), with the
+#: request and its L{RoutePath}: ``bytes`` is an answer to send at once (status and headers
+#: already set on the request) and the body is never kept; a L{BodyLimit} bounds the body
+#: and says the request passed its route's checks (auth included); ``None`` leaves it alone.
+BodyGate = Callable[[IRequest, RoutePath], "bytes | BodyLimit | None"]
 
 
 def body_timeout(request: IRequest) -> bytes:
@@ -55,6 +109,24 @@ def body_timeout(request: IRequest) -> bytes:
         "invalid_request_error",
         code="request_timeout",
     )
+
+
+def bad_path(request: IRequest) -> bytes:
+    return error_body(
+        request,
+        400,
+        "The request path is not valid UTF-8 once percent-decoded.",
+        "invalid_request_error",
+        code="invalid_path",
+    )
+
+
+def _body_file(length: int | None) -> IO[bytes]:
+    if length is None:
+        return tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)
+    if length < SPOOL_BYTES:
+        return BytesIO()
+    return tempfile.TemporaryFile()
 
 
 def raw_error(status: int, reason: bytes, message: str, type_: str, code: str) -> bytes:
@@ -74,43 +146,68 @@ def raw_error(status: int, reason: bytes, message: str, type_: str, code: str) -
 
 class GatewayRequest(Request):
     """
-    A request whose body is checked as it arrives, not after it was all read.
+    A request whose path is spelled one way and whose body is checked as it arrives.
 
-    When the headers are in, the site's gate may answer at once (a 401, or a 413 from the
-    ``Content-Length``), or bound the body; a body not complete within
+    When the headers are in, the path is normalised once (L{route_path}): the site's gate
+    sees that path, and so does the router.  For a request with a body the gate may answer
+    at once (a 401, a 413 from the ``Content-Length``, a route that takes no body) — the
+    body is then never kept anywhere — or bound the body; a body not complete within
     L{BODY_TIMEOUT_SECONDS} gets a 408.  An early answer closes the connection.
     """
 
     #: The gate ran (and found nothing to object to) before the body was read.
     prechecked = False
     answered_early = False
+    #: The normalised path; ``None`` when it is not UTF-8 (answered with a 400).
+    route: RoutePath | None = None
     _limit: BodyLimit | None = None
     _received = 0
     _deadline: IDelayedCall | None = None
 
     def gotLength(self, length: int | None) -> None:
-        super().gotLength(length)
-        if length == 0:
-            return
         channel: Any = self.channel
         site = channel.site
-        # The request line is known to the channel but only copied here once the body is in.
+        # The request line is known to the channel; requestReceived copies it here only once
+        # the body is in.
         self.method, self.uri, self.clientproto = channel._command, channel._path, channel._version
-        self.path = self.uri.split(b"?", 1)[0]
+        raw = self.uri.split(b"?", 1)[0]
+        self.route = route_path(raw)
+        self.path = self.route.path if self.route is not None else raw
+        if length == 0:
+            self.content = BytesIO()
+            return
         gate = getattr(site, "gate", None)
+        verdict: bytes | BodyLimit | None
         try:
-            verdict = gate(self) if gate is not None else None
+            if self.route is None:
+                verdict = bad_path(self)
+            else:
+                verdict = gate(self, self.route) if gate is not None else None
         except Exception:
             log.failure("checking a request before its body failed")
             verdict = error_body(self, 500, "Internal error.", "api_error", code="internal_error")
         if isinstance(verdict, bytes):
+            # Nothing of a refused body is kept: no spool file, no buffer that grows.
+            self.content = BytesIO()
             self._answer_early(verdict)
             return
+        self.content = _body_file(length)
         if isinstance(verdict, BodyLimit):
             # Only a gate that bounded the body has checked the request (auth included).
             self.prechecked = True
             self._limit = verdict
         self._deadline = site.reactor.callLater(BODY_TIMEOUT_SECONDS, self._too_slow)
+
+    def process(self) -> None:
+        if self.path != b"*":  # OPTIONS * is Twisted's to answer
+            if self.route is None:
+                self.site = self.channel.site  # type: ignore[attr-defined]
+                self._answer(bad_path(self))
+                return
+            # requestReceived copied the path from the request line again: the router gets
+            # the spelling the gate saw.
+            self.path = self.route.path
+        super().process()
 
     def handleContentChunk(self, data: bytes) -> None:
         if self.answered_early:
@@ -148,9 +245,12 @@ class GatewayRequest(Request):
         channel: GatewayChannel = self.channel  # type: ignore[assignment]
         channel.draining = True
         channel.persistent = False
+        self.setHeader(b"connection", b"close")
+        self._answer(body)
+
+    def _answer(self, body: bytes) -> None:
         for name, value in SECURITY_HEADERS:
             self.setHeader(name, value)
-        self.setHeader(b"connection", b"close")
         self.write(body)
         self.finish()
 
@@ -196,6 +296,11 @@ class GatewayChannel(HTTPChannel):
         if self._header_deadline is not None:
             self._header_bytes += len(data)
         super().dataReceived(data)
+        # Still reading a head, and a newline the CRLF split left behind: a bare LF, which
+        # would otherwise wait for a CRLF until the header deadline.  Refused rather than
+        # served: a peer that splits lines differently is how requests get smuggled.
+        if self.line_mode and not self.paused and not self.draining and b"\n" in self._buffer:
+            self._bad_request(too_large=False, message=BARE_LF)
 
     def allHeadersReceived(self) -> None:
         self._disarm_header_deadline()
@@ -244,7 +349,7 @@ class GatewayChannel(HTTPChannel):
     def lineLengthExceeded(self, line: bytes) -> None:
         self._bad_request(too_large=True)
 
-    def _bad_request(self, too_large: bool) -> None:
+    def _bad_request(self, too_large: bool, message: str = "Malformed HTTP request.") -> None:
         if self.draining or self.transport is None:
             return
         self._disarm_header_deadline()
@@ -260,7 +365,7 @@ class GatewayChannel(HTTPChannel):
             answer = raw_error(
                 400,
                 b"Bad Request",
-                "Malformed HTTP request.",
+                message,
                 "invalid_request_error",
                 "bad_request",
             )
@@ -270,8 +375,12 @@ class GatewayChannel(HTTPChannel):
         self.loseConnection()
 
     def lineReceived(self, line: bytes) -> None:
-        if not self.draining:
-            super().lineReceived(line)
+        if self.draining:
+            return
+        if b"\n" in line:
+            self._bad_request(too_large=False, message=BARE_LF)
+            return
+        super().lineReceived(line)
 
     def rawDataReceived(self, data: bytes) -> None:
         if not self.draining:

@@ -84,6 +84,16 @@ def upgrade_refusal(request: IRequest, policy: BrowserPolicy) -> bytes | None:
     return None
 
 
+def root_refusal(request: IRequest, policy: BrowserPolicy) -> bytes | None:
+    """What the root answers before any route, if anything (the body gate asks it too)."""
+    host = policy.host_refusal(request)
+    if host is not None:
+        return error_body(request, 421, host, "invalid_request_error", code="host_not_allowed")
+    if is_websocket_upgrade(request):
+        return upgrade_refusal(request, policy)
+    return None
+
+
 class GatewayRoot(Resource):
     """
     A leaf resource, so the Klein app sees the whole path below wherever it is mounted.
@@ -110,12 +120,9 @@ class GatewayRoot(Resource):
     def render(self, request: IRequest) -> bytes | int:
         for name, value in SECURITY_HEADERS:
             request.setHeader(name, value)
-        host = self._policy.host_refusal(request)
-        if host is not None:
-            return error_body(request, 421, host, "invalid_request_error", code="host_not_allowed")
+        refusal = root_refusal(request, self._policy)
+        if refusal is not None:
+            return refusal
         if is_websocket_upgrade(request):
-            refusal = upgrade_refusal(request, self._policy)
-            if refusal is not None:
-                return refusal
             return self._websocket().render(request)
         return self._http.render(request)

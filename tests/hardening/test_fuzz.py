@@ -144,6 +144,7 @@ class FuzzBase(SynchronousTestCase):
         names = {name.lower() for name, _ in headers or []}
         if b"authorization" not in names:
             head.append(b"Authorization: Bearer " + TOKEN.encode())
+        head.append(b"Content-Type: application/json")
         head.extend(name + b": " + value for name, value in headers or [])
         head.append(b"Content-Length: %d" % len(body))
         client.send(b"\r\n".join(head) + b"\r\n\r\n" + body)

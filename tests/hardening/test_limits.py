@@ -18,6 +18,7 @@ HI = {"model": "openclaw", "messages": [{"role": "user", "content": "hi"}]}
 HEAD = (
     b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
     b"Authorization: Bearer " + TOKEN.encode() + b"\r\n"
+    b"Content-Type: application/json\r\n"
 )
 
 

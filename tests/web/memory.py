@@ -173,7 +173,10 @@ class MemoryClient:
         lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1"]
         if token is not None:
             lines.append(f"Authorization: Bearer {token}")
-        for name, value in (headers or {}).items():
+        headers = dict(headers or {})
+        if data and not any(name.lower() == "content-type" for name in headers):
+            headers["Content-Type"] = "application/json"  # as every JSON client sends it
+        for name, value in headers.items():
             lines.append(f"{name}: {value}")
         if data or method == "POST":
             lines.append(f"Content-Length: {len(data)}")

@@ -125,8 +125,9 @@ class OrderOfChecksTests(Base):
         self.with_config(gateway_config("x", maxBodyBytes=1000))
         client = MemoryClient(self.gateway)
         client.send(
-            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
             b"Authorization: Bearer " + TOKEN.encode() + b"\r\n"
+            b"Content-Type: application/json\r\n"
             b"Expect: 100-continue\r\nContent-Length: 1001\r\n\r\n"
         )
         r = client.response()
@@ -156,8 +157,9 @@ class OrderOfChecksTests(Base):
         self.with_config(gateway_config("x", maxBodyBytes=100))
         client = MemoryClient(self.gateway)
         client.send(
-            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
             b"Authorization: Bearer " + TOKEN.encode() + b"\r\n"
+            b"Content-Type: application/json\r\n"
             b"Transfer-Encoding: chunked\r\n\r\n"
         )
         client.send(b"3c\r\n" + b"a" * 60 + b"\r\n")
@@ -170,8 +172,9 @@ class OrderOfChecksTests(Base):
     def test_slow_body_is_408_after_30_seconds(self) -> None:
         client = MemoryClient(self.gateway)
         client.send(
-            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
             b"Authorization: Bearer " + TOKEN.encode() + b"\r\n"
+            b"Content-Type: application/json\r\n"
             b'Content-Length: 100\r\n\r\n{"model":'
         )
         self.reactor.advance(BODY_TIMEOUT_SECONDS - 0.5)
@@ -196,10 +199,10 @@ class OrderOfChecksTests(Base):
         self.assertNotIn("_too_slow", [getattr(f, "__name__", "") for f in pending])
 
     def test_a_failing_gate_is_a_500_not_a_broken_connection(self) -> None:
-        def broken(request: Any) -> None:
+        def broken(request: Any, route: Any) -> None:
             raise RuntimeError("gate bug")
 
-        self.gateway._http_app.chat.body_gate = broken  # type: ignore[method-assign]
+        self.gateway._http_app.gate = broken  # type: ignore[assignment]
         r = post(self.gateway, HI)
         self.assertError(r, 500, "Internal error.", "api_error", code="internal_error", retry=None)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
