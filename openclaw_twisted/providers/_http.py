@@ -524,7 +524,8 @@ class HTTPProvider:
                 )
             )
         if collect.reason is not None:
-            raise self._failed(cut(self._label, False), failure_detail(collect.reason))
+            # Part of the answer had come: the provider went away mid-answer.
+            raise self._failed(cut(self._label, bool(text)), failure_detail(collect.reason))
         try:
             answer = loads(self._label, text.decode("utf-8", "replace"))
             return ListStream(decoder.complete(answer))

@@ -123,7 +123,7 @@ class ProviderFaultTests(TestCase):
             self.assertEqual(
                 body["error"]["message"],
                 "Model provider unavailable: model provider 'fake' closed the connection "
-                "before answering",
+                "mid-answer",
             )
             status, _, events = await self.post(True)
             self.assertEqual(status, 200)

@@ -76,13 +76,13 @@ class GatewayTests(TestCase):
         for api in APIS:
             # Asked for whole, the answer is cut while it is being sent.
             await self.start(api, Reply(deltas=(), **CUT), Reply(cut_after=0))
-            for stream in (True, False):
+            for stream, when in ((True, "before answering"), (False, "mid-answer")):
                 status, body = await self.post(stream=stream)
                 self.assertEqual((status, body["error"]["code"]), (502, "upstream_unavailable"))
                 self.assertEqual(
                     body["error"]["message"],
                     "Model provider unavailable: model provider 'fake' closed the connection "
-                    "before answering",
+                    + when,
                 )
 
     async def test_cut_before_the_first_token_runs_the_fallback(self) -> None:

@@ -223,7 +223,7 @@ class _ProviderTests:
         e = await self.error(self.provider(server).open(request))
         self.assertEqual(
             (e.kind, e.message),
-            ("unavailable", "model provider 'fake' closed the connection before answering"),
+            ("unavailable", "model provider 'fake' closed the connection mid-answer"),
         )
         e = await self.error(self.provider(server).open(request))
         self.assertEqual((e.kind, e.status), ("upstream_error", 500))
