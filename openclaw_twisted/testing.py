@@ -163,7 +163,8 @@ class Reply:
     How L{FakeUpstream} answers one request.
 
     By default it streams ``deltas`` in the format the path asks for (OpenAI chat completions
-    chunks, or Anthropic message events), with ``usage`` and a ``stop_reason`` of ``"stop"`` or
+    chunks, or Anthropic message events), with ``usage`` (``Usage()``: none at all, as
+    llama-cpp-python, which ignores ``include_usage``) and a ``stop_reason`` of ``"stop"`` or
     ``"length"``.  The other fields script the faults a real provider has.
     """
 
@@ -188,10 +189,19 @@ class Reply:
     stream_error: str | None = None
     #: Send these raw bytes as the body instead of a well-formed stream (see L{GARBAGE}).
     raw: Sequence[bytes] | None = None
-    #: Stream deltas without end, as fast as the client reads them.
+    #: Stream deltas without end, as fast as the client reads them (asked for a whole answer:
+    #: never answer).  ``stall_after``/``cut_after`` on a whole answer send half of it first;
+    #: ``stream_error`` on a whole answer is a 500; ``raw`` is the whole body.
     forever: bool = False
     #: End without ``data: [DONE]`` / ``message_stop`` (the body still ends cleanly).
     omit_end: bool = False
+    #: Send no ``finish_reason`` / ``message_delta`` stop reason.  With ``omit_end``: a body
+    #: that just ends (a server stopped by SIGTERM); without: a bare ``[DONE]`` (an OpenAI
+    #: server that interrupted the answer) or a ``message_stop`` without a stop reason.
+    omit_finish: bool = False
+    #: OpenAI: put ``usage`` on the finish chunk, not in a chunk of its own (as some servers do,
+    #: whatever ``include_usage`` says).
+    usage_in_finish: bool = False
     #: Answer with one JSON completion even when ``stream`` is true (as some servers do).
     ignore_stream: bool = False
 
@@ -228,7 +238,7 @@ def _sse(data: object, event: str | None = None) -> bytes:
 def _openai_events(reply: Reply, body: Any) -> Iterator[tuple[bool, bytes]]:
     model = body.get("model", "")
 
-    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
         return _sse(
             {
                 "id": "chatcmpl-fake",
@@ -236,6 +246,7 @@ def _openai_events(reply: Reply, body: Any) -> Iterator[tuple[bool, bytes]]:
                 "created": 0,
                 "model": model,
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                **extra,
             }
         )
 
@@ -249,22 +260,33 @@ def _openai_events(reply: Reply, body: Any) -> Iterator[tuple[bool, bytes]]:
         err = {"message": reply.stream_error, "type": "server_error", "param": None, "code": None}
         yield False, _sse({"error": err})
         return
-    yield False, chunk({}, "length" if reply.stop_reason == "length" else "stop")
-    if (body.get("stream_options") or {}).get("include_usage"):
-        u = reply.usage
-        usage = {
-            "prompt_tokens": u.input_tokens,
-            "completion_tokens": u.output_tokens,
-            "total_tokens": u.total_tokens,
-        }
+    usage = _openai_usage(reply.usage)
+    if not reply.omit_finish:
+        on_finish = {"usage": usage} if reply.usage_in_finish and usage is not None else {}
+        yield False, chunk({}, "length" if reply.stop_reason == "length" else "stop", **on_finish)
+    if (
+        (body.get("stream_options") or {}).get("include_usage")
+        and usage is not None
+        and not reply.usage_in_finish
+    ):
         yield False, _sse({"id": "chatcmpl-fake", "choices": [], "usage": usage})
     if not reply.omit_end:
         yield False, b"data: [DONE]\n\n"
 
 
+def _openai_usage(u: Usage) -> dict[str, int] | None:
+    if not u.known:
+        return None
+    return {
+        "prompt_tokens": u.input_tokens or 0,
+        "completion_tokens": u.output_tokens or 0,
+        "total_tokens": u.total_tokens or 0,
+    }
+
+
 def _anthropic_events(reply: Reply, body: Any) -> Iterator[tuple[bool, bytes]]:
     u = reply.usage
-    message = {
+    message: dict[str, Any] = {
         "id": "msg_fake",
         "type": "message",
         "role": "assistant",
@@ -272,8 +294,9 @@ def _anthropic_events(reply: Reply, body: Any) -> Iterator[tuple[bool, bytes]]:
         "content": [],
         "stop_reason": None,
         "stop_sequence": None,
-        "usage": {"input_tokens": u.input_tokens, "output_tokens": 1},
     }
+    if u.known:
+        message["usage"] = {"input_tokens": u.input_tokens or 0, "output_tokens": 1}
     yield False, _sse({"type": "message_start", "message": message}, "message_start")
     block = {
         "type": "content_block_start",
@@ -301,12 +324,14 @@ def _anthropic_events(reply: Reply, body: Any) -> Iterator[tuple[bool, bytes]]:
         return
     yield False, _sse({"type": "content_block_stop", "index": 0}, "content_block_stop")
     stop = "max_tokens" if reply.stop_reason == "length" else "end_turn"
-    end = {
-        "type": "message_delta",
-        "delta": {"stop_reason": stop, "stop_sequence": None},
-        "usage": {"output_tokens": u.output_tokens},
-    }
-    yield False, _sse(end, "message_delta")
+    if not reply.omit_finish:
+        end: dict[str, Any] = {
+            "type": "message_delta",
+            "delta": {"stop_reason": stop, "stop_sequence": None},
+        }
+        if u.known:
+            end["usage"] = {"output_tokens": u.output_tokens or 0}
+        yield False, _sse(end, "message_delta")
     if not reply.omit_end:
         yield False, _sse({"type": "message_stop"}, "message_stop")
 
@@ -324,38 +349,39 @@ def _error_body(api: str, status: int, message: str) -> bytes:
 def _complete_body(api: str, reply: Reply, body: Any) -> bytes:
     """The non-streaming answer (``stream`` not true)."""
     text, u = "".join(reply.deltas), reply.usage
+    answer: dict[str, Any]
     if api == "anthropic":
-        return json.dumps(
-            {
-                "id": "msg_fake",
-                "type": "message",
-                "role": "assistant",
-                "model": body.get("model", ""),
-                "content": [{"type": "text", "text": text}],
-                "stop_reason": "max_tokens" if reply.stop_reason == "length" else "end_turn",
-                "usage": {"input_tokens": u.input_tokens, "output_tokens": u.output_tokens},
-            }
-        ).encode()
-    return json.dumps(
-        {
-            "id": "chatcmpl-fake",
-            "object": "chat.completion",
-            "created": 0,
+        answer = {
+            "id": "msg_fake",
+            "type": "message",
+            "role": "assistant",
             "model": body.get("model", ""),
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text},
-                    "finish_reason": reply.stop_reason,
-                }
-            ],
-            "usage": {
-                "prompt_tokens": u.input_tokens,
-                "completion_tokens": u.output_tokens,
-                "total_tokens": u.total_tokens,
-            },
+            "content": [{"type": "text", "text": text}],
+            "stop_reason": "max_tokens" if reply.stop_reason == "length" else "end_turn",
         }
-    ).encode()
+        if u.known:
+            answer["usage"] = {
+                "input_tokens": u.input_tokens or 0,
+                "output_tokens": u.output_tokens or 0,
+            }
+        return json.dumps(answer).encode()
+    answer = {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": 0,
+        "model": body.get("model", ""),
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": reply.stop_reason,
+            }
+        ],
+    }
+    # A server that counts nothing says nothing (llama-cpp-python); some send null.
+    if u.known:
+        answer["usage"] = _openai_usage(u)
+    return json.dumps(answer).encode()
 
 
 def _cancel(timer: IDelayedCall) -> None:
@@ -598,7 +624,8 @@ class FakeUpstream:
             return _error_body(api, 400, f"invalid JSON body: {e}")
         item = self._script.pop(0) if self._script else self.default
         reply = item(received) if callable(item) else item
-        if reply.hang:
+        if reply.hang or (reply.forever and not body.get("stream")):
+            # An endless answer asked for whole: the server never gets to answer.
             return NOT_DONE_YET
         if reply.accept_delay:
             timer = self.clock.callLater(
@@ -621,19 +648,36 @@ class FakeUpstream:
             for k, v in reply.headers:
                 request.setHeader(k.encode("latin-1"), v.encode("latin-1"))
 
-        if reply.status >= 300 or reply.status < 200:
-            request.setResponseCode(reply.status)
+        whole = not body.get("stream") or reply.ignore_stream
+        status, message = reply.status, reply.error_message
+        if whole and reply.stream_error is not None:
+            # Asked for a whole answer, a server reports the failure as a status.
+            status, message = 500, reply.stream_error
+        if status >= 300 or status < 200:
+            request.setResponseCode(status)
             if reply.retry_after is not None:
                 request.setHeader(b"retry-after", reply.retry_after.encode("latin-1"))
             headers(b"application/json")
-            request.write(_error_body(api, reply.status, reply.error_message))
+            request.write(_error_body(api, status, message))
             received.completed = True
             request.finish()
             return
         request.setResponseCode(reply.status)
-        if not body.get("stream") or reply.ignore_stream:
+        if whole:
             headers(b"application/json")
-            request.write(_complete_body(api, reply, body))
+            data = (
+                b"".join(reply.raw) if reply.raw is not None else _complete_body(api, reply, body)
+            )
+            broken = reply.cut_after is not None or reply.stall_after is not None
+            if broken:
+                # The faults of a stream, in a whole answer: half of it, then a stall or a cut.
+                request.write(data[: len(data) // 2])
+                received.chunks_sent = 1
+                if reply.cut_after is not None:
+                    transport: Any = request.transport
+                    transport.loseConnection()
+                return
+            request.write(data)
             received.completed = True
             request.finish()
             return

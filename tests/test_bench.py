@@ -37,3 +37,16 @@ class SmokeTests(SynchronousTestCase):
         self.assertTrue(by_figure["4. streams complete"][4], by_figure["4. streams complete"])
         slow = next(r for r in rows if r[0].startswith("5."))
         self.assertNotIn("INCOMPLETE", slow[3])
+
+    def test_upstream_mode_reports_both_ways(self) -> None:
+        done = subprocess.run(
+            [sys.executable, "-m", "bench.upstream_mode", "--rounds", "1", "-n", "5"],
+            cwd=REPO,
+            env=dict(os.environ, PYTHONPATH=REPO),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        self.assertEqual(done.returncode, 0, done.stdout[-2000:] + done.stderr[-2000:])
+        for way in ("streamed", "whole"):
+            self.assertRegex(done.stdout, rf"{way} *: +\d+ us CPU a request; latency p50 [\d.]+ ms")

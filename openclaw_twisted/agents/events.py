@@ -31,6 +31,9 @@ class RunRequest:
     #: delta alone, so observers (``AgentRunner.listeners``) that want the whole answer
     #: join the deltas they saw. A persisted run always keeps it (the transcript needs it).
     keep_text: bool = True
+    #: Whether the consumer takes the answer as it is written; ``False`` (a non-streaming
+    #: HTTP client) lets an HTTP provider ask its model for the whole answer at once.
+    stream: bool = True
 
 
 @attrs.frozen

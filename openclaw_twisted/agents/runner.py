@@ -380,7 +380,7 @@ class AgentRunner:
 
             def make(model: str) -> ModelRequest:
                 asked.append(model)
-                return ModelRequest(model, system, messages, req.sampling)
+                return ModelRequest(model, system, messages, req.sampling, req.stream)
 
             ref, opened = await run._wait(
                 ensureDeferred(self.providers.open(agent.model.refs, make))

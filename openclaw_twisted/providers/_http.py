@@ -7,10 +7,11 @@ from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.error import ConnectionRefusedError, DNSLookupError, TimeoutError
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol as TwistedProtocol
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import (
     PotentialDataLoss,
@@ -25,8 +26,10 @@ from zope.interface import implementer
 
 from .._pull import PullQueue
 from ..config import ProviderConfig
-from .interface import IModelStream, ModelEvent, ProviderError
+from .interface import IModelStream, ModelEvent, ProviderError, TextDelta
 from .sse import SSEError, SSEEvent, SSEParser
+
+log = Logger()
 
 #: Events buffered for a consumer that is not pulling before the body is paused.
 HIGH_WATER = 32
@@ -37,6 +40,11 @@ ERROR_BODY_CAP = 64 * 1024
 JSON_BODY_CAP = 16 * 1024 * 1024
 #: After the stream's end marker, how long to wait for the body to end before closing it.
 END_GRACE = 2.0
+#: How long ``open()`` waits for the model's first event (a delta or its finish) once the
+#: answer's headers are in.  A stream that fails before it fails to open: the next fallback
+#: model runs and the client gets a real HTTP status.  A model slower than this to begin
+#: still gets its stream handed over, so the client's response (and its heartbeats) starts.
+FIRST_EVENT_WAIT = 10.0
 USER_AGENT = "openclaw-twisted"
 
 
@@ -50,7 +58,10 @@ class Decoder(Protocol):
         """The model events in ``event``; raises L{ProviderError} for errors and garbage."""
 
     def end(self) -> list[ModelEvent]:
-        """The body ended cleanly without the end marker: the last events, or raise."""
+        """
+        The body ended cleanly without the end marker: the last events if a finish reason
+        came (the answer is complete), else raise L{cut} (the provider stopped mid-answer).
+        """
 
     def complete(self, answer: Any) -> list[ModelEvent]:
         """The events of a whole JSON answer (a server that ignored ``stream: true``)."""
@@ -103,20 +114,40 @@ def status_error(
 
 
 def connect_error(label: str, reason: BaseException) -> ProviderError:
-    """The L{ProviderError} for a request that got no answer at all."""
+    """
+    The L{ProviderError} for a request that got no answer at all: a sentence for a person
+    (the exception's own text, which names hosts and holds reprs, is for the log only).
+    """
     if isinstance(reason, ConnectionRefusedError):
-        why = "connection refused"
+        why = "is unreachable: the connection was refused"
     elif isinstance(reason, DNSLookupError):
-        why = "DNS lookup failed"
+        why = "is unreachable: its host name could not be resolved"
     elif isinstance(reason, TimeoutError):
-        why = "connection timed out"
+        why = "is unreachable: the connection timed out"
     elif isinstance(reason, ResponseNeverReceived | ResponseFailed):
-        why = "connection closed before an answer"
+        why = "closed the connection before answering"
     elif isinstance(reason, RequestTransmissionFailed):
-        why = "connection lost while sending the request"
+        why = "closed the connection while the request was being sent"
     else:
-        why = describe(str(reason) or type(reason).__name__, 120)
-    return ProviderError("unavailable", f"{label} is unreachable: {why}")
+        why = "could not be reached"
+    return ProviderError("unavailable", f"{label} {why}")
+
+
+def cut(label: str, answered: bool) -> ProviderError:
+    """The provider went away (reset, or a body that ended without its finish): unavailable."""
+    if answered:
+        return ProviderError("unavailable", f"{label} closed the connection mid-answer")
+    return ProviderError("unavailable", f"{label} closed the connection before answering")
+
+
+def failure_detail(reason: BaseException | Failure) -> str:
+    """What a low-level failure was, for the log: every wrapped reason, one line."""
+    error = reason.value if isinstance(reason, Failure) else reason
+    inner = getattr(error, "reasons", None)
+    if isinstance(inner, list) and inner:
+        return "; ".join(failure_detail(r) for r in inner)
+    text = str(error)
+    return describe(f"{type(error).__name__}: {text}" if text else type(error).__name__, 300)
 
 
 _DONE = Failure(ResponseDone())
@@ -129,6 +160,8 @@ class _Collect(TwistedProtocol):
         self.cap = cap
         self.data = b""
         self.truncated = False
+        #: Why the body ended, when it was cut short (a reset) rather than ended.
+        self.reason: Failure | None = None
         self.done: Deferred[bytes] = Deferred(lambda _: self._stop())
 
     def _stop(self) -> None:
@@ -146,6 +179,8 @@ class _Collect(TwistedProtocol):
 
     def connectionLost(self, reason: Failure = _DONE) -> None:
         if not self.done.called:
+            if reason.check(ResponseDone, PotentialDataLoss) is None:
+                self.reason = reason
             self.done.callback(self.data)
 
 
@@ -181,11 +216,15 @@ class HTTPModelStream:
         clock: IReactorTime,
         label: str,
         secrets: tuple[str, ...] = (),
+        endpoint: str = "",
     ) -> None:
         self._decoder = decoder
         self._clock = clock
         self._label = label
+        self._endpoint = endpoint
         self._secrets = secrets
+        #: Whether a delta was handed on (a cut is then "mid-answer").
+        self.answered = False
         self._parser = SSEParser()
         self._transport: IPushProducer | None = None
         self._ended = False  # no more events will be taken from the body
@@ -197,6 +236,11 @@ class HTTPModelStream:
         self._queue: PullQueue[ModelEvent] = PullQueue(
             high=HIGH_WATER, low=LOW_WATER, pause=self._pause, resume=self._resume
         )
+        # For first_event(): whether an event came (or the stream ended), and how it broke.
+        self._begun = False
+        self._error: ProviderError | None = None
+        self._ready: Deferred[None] | None = None
+        self._first: IDelayedCall | None = None
         response.deliverBody(_Body(self))
         if self.paused and not self._body_done and self._transport is not None:
             # deliverBody resumes the transport after handing over data it had buffered.
@@ -214,12 +258,48 @@ class HTTPModelStream:
     def next(self) -> Deferred[ModelEvent | None]:
         return self._queue.get()
 
+    def first_event(self, wait: float = FIRST_EVENT_WAIT) -> Deferred[None]:
+        """
+        Fires once the first model event is in (or the stream ended), or after ``wait``
+        seconds; fails with the stream's error if it broke first.  Cancelling it cancels the
+        stream.
+        """
+        if self._error is not None:
+            return fail(self._error)
+        if self._begun or self._ended:
+            return succeed(None)
+        self._ready = Deferred(lambda _: self.cancel())
+        self._first = self._clock.callLater(wait, self._set_ready)
+        return self._ready
+
     def cancel(self) -> None:
         if self._grace is not None and self._grace.active():
             self._grace.cancel()
+        if self._first is not None and self._first.active():
+            # Not ``_set_ready``: cancelling first_event() ends here, and must fail it.
+            self._first.cancel()
         self._ended = True
         self._queue.finish()
         self._close()
+
+    def _set_ready(self, error: ProviderError | None = None) -> None:
+        self._begun = True
+        if self._first is not None:
+            if self._first.active():
+                self._first.cancel()
+            self._first = None
+        ready, self._ready = self._ready, None
+        if ready is not None and not ready.called:
+            if error is None:
+                ready.callback(None)
+            else:
+                ready.errback(error)
+
+    def _put(self, event: ModelEvent) -> None:
+        if isinstance(event, TextDelta):
+            self.answered = True
+        self._queue.put(event)
+        self._set_ready()
 
     def _close(self) -> None:
         if not self._body_done and self._transport is not None:
@@ -237,12 +317,14 @@ class HTTPModelStream:
         if not self._body_done and self._transport is not None:
             self._transport.resumeProducing()
 
-    def _fail(self, error: ProviderError) -> None:
+    def _fail(self, error: ProviderError, detail: str = "") -> None:
         self._ended = True
-        error.message = redact(error.message, self._secrets)
-        error.args = (error.message,)
+        scrub(error, self._secrets)
+        log_failure(self._label, self._endpoint, error, redact(detail, self._secrets))
+        self._error = error
         self._queue.fail(error)
         self._close()
+        self._set_ready(error)
 
     def _data(self, data: bytes) -> None:
         if self._ended:
@@ -255,11 +337,16 @@ class HTTPModelStream:
                 if self._decoder.done:
                     continue
                 for event in self._decoder.event(sse):
-                    self._queue.put(event)
+                    self._put(event)
                 if self._decoder.done and not self._ended and self._grace is None:
                     self._grace = self._clock.callLater(END_GRACE, self._end_anyway)
         except SSEError as e:
-            self._fail(ProviderError("upstream_error", f"{self._label} sent a broken stream: {e}"))
+            self._fail(
+                ProviderError(
+                    "upstream_error", f"{self._label} sent a stream that cannot be read: {e}"
+                ),
+                str(e),
+            )
         except ProviderError as e:
             self._fail(e)
 
@@ -268,6 +355,7 @@ class HTTPModelStream:
         self._ended = True
         self._queue.finish()
         self._close()
+        self._set_ready()
 
     def _lost(self, reason: Failure) -> None:
         self._body_done = True
@@ -279,23 +367,21 @@ class HTTPModelStream:
         if self._decoder.done:
             self._ended = True
             self._queue.finish()
+            self._set_ready()
             return
         if not clean:
-            why = describe(reason.getErrorMessage(), 120)
-            self._fail(
-                ProviderError(
-                    "upstream_error", f"{self._label}: the stream was cut before its end ({why})"
-                )
-            )
+            # A reset or a body cut short (CONTRACT §4.6: unavailable, whatever came before).
+            self._fail(cut(self._label, self.answered), failure_detail(reason))
             return
         try:
             for event in self._decoder.end():
-                self._queue.put(event)
+                self._put(event)
         except ProviderError as e:
-            self._fail(e)
+            self._fail(e, "the body ended without the stream's end marker")
             return
         self._ended = True
         self._queue.finish()
+        self._set_ready()
 
 
 @implementer(IModelStream)
@@ -354,7 +440,9 @@ class HTTPProvider:
         self._clock = clock
         host = urlsplit(config.base_url).hostname or config.base_url
         port = urlsplit(config.base_url).port
-        self._label = f"model provider {config.name!r} ({host}{f':{port}' if port else ''})"
+        # Clients are told the provider's name; where it lives is for the log only.
+        self._label = f"model provider {config.name!r}"
+        self._endpoint = f"{host}{f':{port}' if port else ''}"
         secrets = [config.api_key or ""] + [v for _, v in config.headers]
         self._secrets = tuple(s for s in secrets if s)
 
@@ -366,9 +454,13 @@ class HTTPProvider:
     def post(
         self, url: str, headers: dict[str, str], body: Any, decoder: Decoder
     ) -> Deferred[IModelStream]:
-        """POST ``body`` as JSON; fire with the stream once a 2xx answer's headers are in."""
+        """
+        POST ``body`` as JSON; fire with the stream once a 2xx answer's first model event is
+        in (see L{FIRST_EVENT_WAIT}), or with the whole answer when ``body["stream"]`` is false.
+        """
         all_headers = Headers({b"content-type": [b"application/json"]})
-        all_headers.setRawHeaders(b"accept", [b"text/event-stream"])
+        accept = b"text/event-stream" if body.get("stream") else b"application/json"
+        all_headers.setRawHeaders(b"accept", [accept])
         all_headers.setRawHeaders(b"user-agent", [USER_AGENT.encode()])
         for k, v in [*headers.items(), *self.config.headers]:
             all_headers.setRawHeaders(k.encode("latin-1"), [v.encode("latin-1")])
@@ -387,7 +479,7 @@ class HTTPProvider:
             except Exception as e:
                 if cancelled[0]:
                     raise CancelledError() from None
-                raise self._scrub(connect_error(self._label, e)) from None
+                raise self._failed(connect_error(self._label, e), failure_detail(e)) from None
             if cancelled[0]:
                 discard = _Collect(0)
                 response.deliverBody(discard)
@@ -397,20 +489,25 @@ class HTTPProvider:
                 kind = response.headers.getRawHeaders(b"content-type", [b""])[0]
                 if kind.lower().startswith(b"application/json"):
                     return await self._whole(response, decoder)
-                return HTTPModelStream(response, decoder, self._clock, self._label, self._secrets)
+                stream = HTTPModelStream(
+                    response, decoder, self._clock, self._label, self._secrets, self._endpoint
+                )
+                await stream.first_event()
+                return stream
             collect = _Collect(ERROR_BODY_CAP)
             response.deliverBody(collect)
             text = await collect.done
             retry = response.headers.getRawHeaders(b"retry-after")
             phrase = (response.phrase or b"").decode("latin-1")
-            raise self._scrub(
+            raise self._failed(
                 status_error(
                     self._label,
                     response.code,
                     phrase,
                     error_message(text),
                     retry[0].decode("latin-1") if retry else None,
-                )
+                ),
+                f"HTTP {response.code}",
             )
 
         return cancellable(start)
@@ -421,19 +518,42 @@ class HTTPProvider:
         response.deliverBody(collect)
         text = await collect.done
         if collect.truncated:
-            raise ProviderError(
-                "upstream_error", f"{self._label} answered more than {JSON_BODY_CAP} bytes"
+            raise self._failed(
+                ProviderError(
+                    "upstream_error", f"{self._label} answered more than {JSON_BODY_CAP} bytes"
+                )
             )
-        answer = loads(self._label, text.decode("utf-8", "replace"))
+        if collect.reason is not None:
+            # Part of the answer had come: the provider went away mid-answer.
+            raise self._failed(cut(self._label, bool(text)), failure_detail(collect.reason))
         try:
+            answer = loads(self._label, text.decode("utf-8", "replace"))
             return ListStream(decoder.complete(answer))
         except ProviderError as e:
-            raise self._scrub(e) from None
+            raise self._failed(e) from None
 
-    def _scrub(self, error: ProviderError) -> ProviderError:
-        error.message = redact(error.message, self._secrets)
-        error.args = (error.message,)
+    def _failed(self, error: ProviderError, detail: str = "") -> ProviderError:
+        scrub(error, self._secrets)
+        log_failure(self._label, self._endpoint, error, redact(detail, self._secrets))
         return error
+
+
+def scrub(error: ProviderError, secrets: Iterable[str]) -> None:
+    """Take the credentials out of ``error``'s message."""
+    error.message = redact(error.message, secrets)
+    error.args = (error.message,)
+
+
+def log_failure(label: str, endpoint: str, error: ProviderError, detail: str) -> None:
+    """One warning per provider failure, with where the provider is and what really broke."""
+    log.warn(
+        "{label} at {endpoint} failed ({kind}): {message}{detail}",
+        label=label,
+        endpoint=endpoint,
+        kind=error.kind,
+        message=error.message,
+        detail=f" [{detail}]" if detail else "",
+    )
 
 
 def loads(label: str, data: str) -> Any:
@@ -442,5 +562,5 @@ def loads(label: str, data: str) -> Any:
         return json.loads(data)
     except ValueError:
         raise ProviderError(
-            "upstream_error", f"{label} sent data that is not JSON: {describe(data, 80)!r}"
+            "upstream_error", f"{label} sent data that is not JSON: {describe(data, 80)}"
         ) from None

@@ -10,7 +10,7 @@ from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
 from ..config import ProviderConfig
-from ._http import HTTPProvider, describe, loads
+from ._http import HTTPProvider, cut, describe, loads
 from .interface import (
     Finish,
     Image,
@@ -66,13 +66,13 @@ def messages_json(messages: tuple[Message, ...]) -> list[dict[str, Any]]:
 
 
 def request_body(request: ModelRequest, default_max_tokens: int) -> dict[str, Any]:
-    """The ``/v1/messages`` body for ``request``, streaming."""
+    """The ``/v1/messages`` body for ``request``, streaming or whole."""
     s = request.sampling
     body: dict[str, Any] = {
         "model": request.model,
         "max_tokens": s.max_tokens or default_max_tokens,
         "messages": messages_json(request.messages),
-        "stream": True,
+        "stream": request.stream,
     }
     if request.system:
         body["system"] = request.system
@@ -86,10 +86,19 @@ def request_body(request: ModelRequest, default_max_tokens: int) -> dict[str, An
     return body
 
 
+def stop_reason(reason: object) -> StopReason:
+    """``max_tokens`` is ``length``; ``end_turn``, ``stop_sequence`` and the rest are ``stop``."""
+    return "length" if reason == "max_tokens" else "stop"
+
+
 class MessageDecoder:
     """
     message_start / content_block_* / message_delta / message_stop → deltas and one
     ``Finish`` (input tokens from ``message_start``, output tokens from ``message_delta``).
+
+    ``message_stop`` says the message is complete; so does a ``message_delta`` with a
+    ``stop_reason`` (a body that ends after it lost only the end marker).  A body that ends
+    before either, or a reset, is a cut.
     """
 
     def __init__(self, label: str) -> None:
@@ -97,12 +106,16 @@ class MessageDecoder:
         self.done = False
         self.started = False
         self.stopped = False
+        self.answered = False
         self.stop: StopReason = "stop"
-        self.input_tokens = 0
-        self.output_tokens = 0
+        self.input_tokens: int | None = None
+        self.output_tokens: int | None = None
 
     def _finish(self) -> Finish:
-        return Finish(self.stop, Usage(self.input_tokens, self.output_tokens))
+        known = self.input_tokens is not None or self.output_tokens is not None
+        return Finish(
+            self.stop, Usage(self.input_tokens or 0, self.output_tokens or 0) if known else Usage()
+        )
 
     def event(self, event: SSEEvent) -> list[ModelEvent]:
         data = loads(self.label, event.data)
@@ -121,25 +134,27 @@ class MessageDecoder:
         elif kind == "content_block_start":
             block = data.get("content_block")
             if isinstance(block, dict) and block.get("type") == "text" and block.get("text"):
+                self.answered = True
                 return [TextDelta(str(block["text"]))]
         elif kind == "content_block_delta":
             delta = data.get("delta")
             if isinstance(delta, dict) and delta.get("type") == "text_delta":
                 text = delta.get("text")
                 if isinstance(text, str) and text:
+                    self.answered = True
                     return [TextDelta(text)]
         elif kind == "message_delta":
             delta = data.get("delta")
             reason = delta.get("stop_reason") if isinstance(delta, dict) else None
             if reason:
                 self.stopped = True
-                self.stop = "length" if reason == "max_tokens" else "stop"
+                self.stop = stop_reason(reason)
             usage = data.get("usage")
             if isinstance(usage, dict):
                 if "output_tokens" in usage:
                     self.output_tokens = _count(usage.get("output_tokens"))
                 if "input_tokens" in usage:
-                    self.input_tokens = _input_tokens(usage) or self.input_tokens
+                    self.input_tokens = _input_tokens(usage) or self.input_tokens or 0
         elif kind == "message_stop":
             self.done = True
             return [self._finish()]
@@ -154,10 +169,7 @@ class MessageDecoder:
 
     def end(self) -> list[ModelEvent]:
         if not self.stopped:
-            raise ProviderError(
-                "upstream_error",
-                f"{self.label} ended its stream before the message was complete",
-            )
+            raise cut(self.label, self.answered)
         self.done = True
         return [self._finish()]
 
@@ -172,8 +184,7 @@ class MessageDecoder:
             for b in content
             if isinstance(b, dict) and b.get("type") == "text"
         )
-        if answer.get("stop_reason") == "max_tokens":
-            self.stop = "length"
+        self.stop = stop_reason(answer.get("stop_reason"))
         usage = answer.get("usage")
         if isinstance(usage, dict):
             self.input_tokens = _input_tokens(usage)

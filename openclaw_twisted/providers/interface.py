@@ -14,20 +14,33 @@ StopReason = Literal["stop", "length"]
 
 @attrs.frozen
 class Usage:
-    """Token counts as the provider reported them (zeros when it gave none)."""
+    """
+    Token counts as the provider reported them; ``Usage()`` (both ``None``) when it gave none,
+    which is never shown as zeros.  A count missing from a report that was given counts 0.
+    """
 
-    input_tokens: int = 0
-    output_tokens: int = 0
+    input_tokens: int | None = None
+    output_tokens: int | None = None
 
     @property
-    def total_tokens(self) -> int:
-        return self.input_tokens + self.output_tokens
+    def known(self) -> bool:
+        """Whether the provider reported any usage."""
+        return self.input_tokens is not None or self.output_tokens is not None
 
-    def to_json(self) -> dict[str, int]:
+    @property
+    def total_tokens(self) -> int | None:
+        if not self.known:
+            return None
+        return (self.input_tokens or 0) + (self.output_tokens or 0)
+
+    def to_json(self) -> dict[str, int] | None:
+        """``{input, output, total}``, or ``None`` when the provider reported no usage."""
+        if not self.known:
+            return None
         return {
-            "input": self.input_tokens,
-            "output": self.output_tokens,
-            "total": self.total_tokens,
+            "input": self.input_tokens or 0,
+            "output": self.output_tokens or 0,
+            "total": (self.input_tokens or 0) + (self.output_tokens or 0),
         }
 
 
@@ -70,6 +83,9 @@ class ModelRequest:
     system: str
     messages: tuple[Message, ...]
     sampling: Sampling = Sampling()
+    #: Whether the answer is wanted as it is written.  ``False`` (nobody reads the deltas, e.g.
+    #: a non-streaming HTTP client) lets an HTTP provider ask for one whole JSON answer.
+    stream: bool = True
 
 
 @attrs.frozen
@@ -81,7 +97,7 @@ class TextDelta:
 
 @attrs.frozen
 class Finish:
-    """The model finished: why, and what it cost."""
+    """The model finished: why, and what it cost (``Usage()`` when the provider did not say)."""
 
     stop_reason: StopReason = "stop"
     usage: Usage = Usage()

@@ -10,7 +10,7 @@ from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
 from ..config import ProviderConfig
-from ._http import HTTPProvider, describe, loads
+from ._http import HTTPProvider, cut, describe, loads
 from .interface import (
     Finish,
     Image,
@@ -43,15 +43,15 @@ def message_json(message: Message) -> dict[str, Any]:
 
 
 def request_body(request: ModelRequest) -> dict[str, Any]:
-    """The ``/chat/completions`` body for ``request``, streaming with usage."""
+    """The ``/chat/completions`` body for ``request``: streaming with usage, or whole."""
     messages = [{"role": "system", "content": request.system}] if request.system else []
     messages += [message_json(m) for m in request.messages]
-    body: dict[str, Any] = {
-        "model": request.model,
-        "messages": messages,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
+    body: dict[str, Any] = {"model": request.model, "messages": messages}
+    if request.stream:
+        body.update(stream=True, stream_options={"include_usage": True})
+    else:
+        # OpenAI refuses stream_options on a request that does not stream.
+        body["stream"] = False
     s = request.sampling
     fields = {
         "max_tokens": s.max_tokens,
@@ -67,20 +67,42 @@ def request_body(request: ModelRequest) -> dict[str, Any]:
     return body
 
 
+def stop_reason(reason: object) -> StopReason:
+    """A ``finish_reason`` as a run's stop reason: ``length`` or else ``stop``."""
+    return "length" if reason == "length" else "stop"
+
+
 class ChunkDecoder:
-    """``chat.completion.chunk`` events → deltas, then one ``Finish`` at ``[DONE]`` or the end."""
+    """
+    ``chat.completion.chunk`` events → deltas, then one ``Finish``.
+
+    The answer is complete only once a ``finish_reason`` came (in any chunk; usage may follow
+    it). ``[DONE]`` is what a server's framework writes when its generator ends, interrupted
+    or not (llama-cpp-python ends an interrupted answer with a bare ``[DONE]``), so ``[DONE]``
+    without a finish reason is an error; a body that ends without either is a cut (the
+    provider went away: SIGTERM, a crash), and so is a reset.
+    """
 
     def __init__(self, label: str) -> None:
         self.label = label
         self.done = False
-        self.seen = False
-        self.stop: StopReason = "stop"
+        self.answered = False
+        self.stop: StopReason | None = None
         self.usage = Usage()
+
+    def _finish(self) -> Finish:
+        if self.stop is None:
+            raise ProviderError(
+                "upstream_error",
+                f"{self.label} ended its answer without saying it was complete "
+                "(no finish reason): it was probably interrupted",
+            )
+        return Finish(self.stop, self.usage)
 
     def event(self, event: SSEEvent) -> list[ModelEvent]:
         if event.data.strip() == "[DONE]":
             self.done = True
-            return [Finish(self.stop, self.usage)]
+            return [self._finish()]
         chunk = loads(self.label, event.data)
         if not isinstance(chunk, dict):
             raise ProviderError(
@@ -92,7 +114,6 @@ class ChunkDecoder:
             raise ProviderError(
                 "upstream_error", f"{self.label} reported an error: {describe(str(message))}"
             )
-        self.seen = True
         out: list[ModelEvent] = []
         for choice in chunk.get("choices") or ():
             if not isinstance(choice, dict):
@@ -100,19 +121,18 @@ class ChunkDecoder:
             delta = choice.get("delta")
             content = delta.get("content") if isinstance(delta, dict) else None
             if isinstance(content, str) and content:
+                self.answered = True
                 out.append(TextDelta(content))
             reason = choice.get("finish_reason")
             if reason:
-                self.stop = "length" if reason == "length" else "stop"
+                self.stop = stop_reason(reason)
         self._usage(chunk.get("usage"))
         return out
 
     def end(self) -> list[ModelEvent]:
-        if not self.seen:
-            raise ProviderError(
-                "upstream_error", f"{self.label} ended its stream without sending a completion"
-            )
-        # Some servers end the body without [DONE]; what arrived is the whole answer.
+        if self.stop is None:
+            raise cut(self.label, self.answered)
+        # Some servers end the body without [DONE] after the finish: the answer is whole.
         self.done = True
         return [Finish(self.stop, self.usage)]
 
@@ -123,14 +143,14 @@ class ChunkDecoder:
             raise ProviderError(
                 "upstream_error", f"{self.label} answered JSON that is not a chat completion"
             )
-        if choice.get("finish_reason") == "length":
-            self.stop = "length"
+        # A whole JSON answer is complete by construction, with or without a finish reason.
         self._usage(answer.get("usage"))
         content = choice["message"].get("content")
         text = [TextDelta(content)] if isinstance(content, str) and content else []
-        return [*text, Finish(self.stop, self.usage)]
+        return [*text, Finish(stop_reason(choice.get("finish_reason")), self.usage)]
 
     def _usage(self, usage: object) -> None:
+        # Absent or null (llama-cpp-python ignores include_usage) stays unknown, never zeros.
         if isinstance(usage, dict):
             self.usage = Usage(
                 _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))

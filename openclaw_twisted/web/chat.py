@@ -144,6 +144,7 @@ def parse_chat(
         persist=persist,
         # A stateless stream is written out as it goes: nobody reads the whole answer after.
         keep_text=persist or not stream,
+        stream=bool(stream),
     )
     return ChatRequest(run, model, bool(stream), include_usage)
 

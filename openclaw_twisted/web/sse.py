@@ -33,8 +33,10 @@ def frame(data: Any) -> bytes:
     return b"data: " + dumps(data) + b"\n\n"
 
 
-def usage_json(usage: dict[str, Any]) -> dict[str, int]:
-    """A run's ``{input, output, total}`` usage in OpenAI's names."""
+def usage_json(usage: dict[str, Any] | None) -> dict[str, int] | None:
+    """A run's ``{input, output, total}`` usage in OpenAI's names; ``None`` if none was given."""
+    if usage is None:
+        return None
     prompt, completion = int(usage.get("input", 0)), int(usage.get("output", 0))
     return {
         "prompt_tokens": prompt,

@@ -45,14 +45,18 @@ class MessageTests(SynchronousTestCase):
 
     def test_connect_errors(self) -> None:
         for reason, why in [
-            (ConnectionRefusedError(), "connection refused"),
-            (DNSLookupError("nowhere.invalid"), "DNS lookup failed"),
-            (TimeoutError(), "connection timed out"),
-            (ResponseNeverReceived([Failure(RuntimeError())]), "closed before an answer"),
+            (ConnectionRefusedError("127.0.0.1:9"), "the connection was refused"),
+            (DNSLookupError("nowhere.invalid"), "its host name could not be resolved"),
+            (TimeoutError("nowhere.invalid"), "the connection timed out"),
+            (ResponseNeverReceived([Failure(RuntimeError())]), "closed the connection before"),
+            (RuntimeError("<object at 0x1> nowhere.invalid"), "could not be reached"),
         ]:
             e = connect_error("model provider 'p'", reason)
             self.assertEqual(e.kind, "unavailable")
             self.assertIn(why, e.message)
+            # Sentences for people: no reprs, no host names (those are for the log).
+            for leak in ("<", "Failure", "nowhere", "127.0.0.1", "0x"):
+                self.assertNotIn(leak, e.message)
 
     def test_redact(self) -> None:
         self.assertEqual(

@@ -123,7 +123,9 @@ class _ProviderTests:
         provider = build_provider(config, http_client(self), reactor)
         e = await self.error(provider.open(REQUEST))
         self.assertEqual(e.kind, "unavailable")
-        self.assertIn("connection refused", e.message)
+        self.assertEqual(
+            e.message, "model provider 'down' is unreachable: the connection was refused"
+        )
         self.assertTrue(e.try_next_model)
 
     async def test_401(self) -> None:
@@ -163,13 +165,74 @@ class _ProviderTests:
         got: list[ModelEvent | None] = [await stream.next(), await stream.next()]
         self.assertEqual(got, [TextDelta("a"), TextDelta("b")])
         e = await self.error(stream.next())
-        self.assertEqual(e.kind, "upstream_error")
-        self.assertIn("cut before its end", e.message)
+        # CONTRACT §4.6: a reset is "unavailable"; the message is a sentence, not a repr.
+        self.assertEqual(e.kind, "unavailable")
+        self.assertEqual(e.message, "model provider 'fake' closed the connection mid-answer")
+
+    async def test_cut_before_the_first_token_fails_open(self) -> None:
+        """So the next fallback runs and the client gets a real status."""
+        server = await self.upstream(Reply(deltas=["a"], cut_after=0))
+        e = await self.error(self.provider(server).open(REQUEST))
+        self.assertEqual(e.kind, "unavailable")
+        self.assertEqual(e.message, "model provider 'fake' closed the connection before answering")
+
+    async def test_clean_end_without_finish_is_a_cut(self) -> None:
+        """A body that just ends (a server stopped by SIGTERM) is no answer, and no stop."""
+        server = await self.upstream(
+            Reply(deltas=["a", "b"], omit_finish=True, omit_end=True),
+            Reply(deltas=[], omit_finish=True, omit_end=True),
+        )
+        stream = await self.provider(server).open(REQUEST)
+        self.assertEqual(
+            [await stream.next(), await stream.next()], [TextDelta("a"), TextDelta("b")]
+        )
+        e = await self.error(stream.next())
+        self.assertEqual(e.kind, "unavailable")
+        self.assertEqual(e.message, "model provider 'fake' closed the connection mid-answer")
+        e = await self.error(self.provider(server).open(REQUEST))
+        self.assertEqual(e.kind, "unavailable")
+        self.assertIn("before answering", e.message)
+
+    async def test_no_usage_is_unknown(self) -> None:
+        """An upstream that reports no usage (llama-cpp-python): Usage(), never zeros."""
+        server = await self.upstream(Reply(deltas=["a"], usage=Usage()))
+        deltas, finish = await drain(await self.provider(server).open(REQUEST))
+        self.assertEqual((deltas, finish), (["a"], Finish("stop", Usage())))
+        assert finish is not None
+        self.assertIsNone(finish.usage.to_json())
+
+    async def test_whole_answer_when_not_streaming(self) -> None:
+        """``ModelRequest.stream=False``: one JSON answer, asked for as such."""
+        server = await self.upstream(
+            Reply(deltas=["Hel", "lo"], usage=Usage(4, 2)), Reply(usage=Usage())
+        )
+        request = ModelRequest("m1", "", REQUEST.messages, stream=False)
+        deltas, finish = await drain(await self.provider(server).open(request))
+        self.assertEqual((deltas, finish), (["Hello"], Finish("stop", Usage(4, 2))))
+        sent = server.requests[0]
+        self.assertIs(sent.json["stream"], False)
+        self.assertNotIn("stream_options", sent.json)
+        self.assertEqual(sent.headers["accept"], "application/json")
+        _, finish = await drain(await self.provider(server).open(request))
+        self.assertEqual(finish, Finish("stop", Usage()))
+
+    async def test_whole_answer_cut(self) -> None:
+        """A whole answer cut mid-body is unavailable, a 5xx is the provider's error."""
+        server = await self.upstream(Reply(cut_after=0), Reply(stream_error="overloaded"))
+        request = ModelRequest("m1", "", REQUEST.messages, stream=False)
+        e = await self.error(self.provider(server).open(request))
+        self.assertEqual(
+            (e.kind, e.message),
+            ("unavailable", "model provider 'fake' closed the connection mid-answer"),
+        )
+        e = await self.error(self.provider(server).open(request))
+        self.assertEqual((e.kind, e.status), ("upstream_error", 500))
+        self.assertIn("overloaded", e.message)
 
     async def test_garbage(self) -> None:
+        """Broken before the first token: open() fails (a fallback may run)."""
         server = await self.upstream(Reply(raw=GARBAGE))
-        stream = await self.provider(server).open(REQUEST)
-        e = await self.error(stream.next())
+        e = await self.error(self.provider(server).open(REQUEST))
         self.assertEqual(e.kind, "upstream_error")
         self.assertIn("not JSON", e.message)
         await server.requests[0].disconnected
@@ -187,23 +250,33 @@ class _ProviderTests:
     async def test_endless_line(self) -> None:
         """A body that never ends a line stops at the cap with an error, not a leak."""
         server = await self.upstream(Reply(raw=[b"data: " + b"x" * 600_000] * 3))
-        stream = await self.provider(server).open(REQUEST)
-        e = await self.error(stream.next())
+        e = await self.error(self.provider(server).open(REQUEST))
         self.assertEqual(e.kind, "upstream_error")
         self.assertIn("longer than", e.message)
         await server.requests[0].disconnected
 
     async def test_empty_body(self) -> None:
         server = await self.upstream(Reply(raw=[]))
-        stream = await self.provider(server).open(REQUEST)
-        e = await self.error(stream.next())
-        self.assertEqual(e.kind, "upstream_error")
+        e = await self.error(self.provider(server).open(REQUEST))
+        self.assertEqual(e.kind, "unavailable")
+        self.assertIn("before answering", e.message)
 
     async def test_never_a_first_byte_cancel_open(self) -> None:
         """Cancelling open() while the upstream is silent aborts the request."""
         server = await self.upstream(Reply(hang=True))
         d = self.provider(server).open(REQUEST)
         received = await server.request(0)
+        self.assertFalse(d.called)
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        await received.disconnected
+
+    async def test_cancel_while_waiting_for_the_first_token(self) -> None:
+        """Accepted (headers in) but silent: open() waits; cancelling it closes the request."""
+        server = await self.upstream(Reply(deltas=["a"], stall_after=0))
+        d = self.provider(server).open(REQUEST)
+        received = await server.request(0)
+        self.assertTrue(received.answered)
         self.assertFalse(d.called)
         d.cancel()
         self.failureResultOf(d, CancelledError)
@@ -320,9 +393,25 @@ class OpenAITests(_ProviderTests, TestCase):
         self.assertEqual(server.requests[0].headers["x-extra"], "1")
 
     async def test_end_without_done(self) -> None:
+        """After the finish reason (and usage) a body that ends without [DONE] is complete."""
         server = await self.upstream(Reply(deltas=["x"], omit_end=True))
         deltas, finish = await drain(await self.provider(server).open(REQUEST))
         self.assertEqual((deltas, finish), (["x"], Finish("stop", Usage(11, 3))))
+
+    async def test_bare_done(self) -> None:
+        """[DONE] without a finish reason (an interrupted llama-cpp-python answer): an error."""
+        server = await self.upstream(Reply(deltas=["x"], omit_finish=True))
+        stream = await self.provider(server).open(REQUEST)
+        self.assertEqual(await stream.next(), TextDelta("x"))
+        e = await self.error(stream.next())
+        self.assertEqual(e.kind, "upstream_error")
+        self.assertIn("no finish reason", e.message)
+        await server.requests[0].disconnected
+
+    async def test_usage_on_the_finish_chunk(self) -> None:
+        server = await self.upstream(Reply(deltas=["x"], usage=Usage(5, 1), usage_in_finish=True))
+        deltas, finish = await drain(await self.provider(server).open(REQUEST))
+        self.assertEqual((deltas, finish), (["x"], Finish("stop", Usage(5, 1))))
 
     async def test_remote_image_url(self) -> None:
         server = await self.upstream()
@@ -427,7 +516,12 @@ class AnthropicTests(_ProviderTests, TestCase):
                 ]
             )
         )
-        stream = await self.provider(server).open(REQUEST)
-        e = await self.error(stream.next())
-        self.assertEqual(e.kind, "upstream_error")
-        self.assertIn("before the message was complete", e.message)
+        e = await self.error(self.provider(server).open(REQUEST))
+        self.assertEqual(e.kind, "unavailable")
+        self.assertIn("closed the connection before answering", e.message)
+
+    async def test_message_stop_without_stop_reason(self) -> None:
+        """message_stop says the message is complete, stop reason or not."""
+        server = await self.upstream(Reply(deltas=["x"], omit_finish=True, usage=Usage()))
+        deltas, finish = await drain(await self.provider(server).open(REQUEST))
+        self.assertEqual((deltas, finish), (["x"], Finish("stop", Usage())))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.defer import CancelledError
 from twisted.internet.error import ConnectionLost
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -18,6 +19,9 @@ from openclaw_twisted.providers.openai import ChunkDecoder
 
 def chunk(text: str) -> bytes:
     return b'data: {"choices": [{"delta": {"content": "%s"}}]}\n\n' % text.encode()
+
+
+FINISH = b'data: {"choices": [{"delta": {}, "finish_reason": "stop"}]}\n\n'
 
 
 class FakeResponse:
@@ -63,7 +67,7 @@ class StreamTests(SynchronousTestCase):
         self.assertEqual((self.stream.pauses, self.stream.resumes), (1, 1))
 
     def test_done_then_body_end(self) -> None:
-        self.feed(chunk("a") + b'data: {"choices": [], "usage": {"prompt_tokens": 4, ')
+        self.feed(chunk("a") + FINISH + b'data: {"choices": [], "usage": {"prompt_tokens": 4, ')
         self.feed(b'"completion_tokens": 1}}\n\ndata: [DONE]\n\n')
         self.assertEqual(self.successResultOf(self.stream.next()), TextDelta("a"))
         self.assertEqual(self.successResultOf(self.stream.next()), Finish("stop", Usage(4, 1)))
@@ -76,7 +80,7 @@ class StreamTests(SynchronousTestCase):
 
     def test_done_without_body_end(self) -> None:
         """After [DONE] a body that does not end is closed after a grace period."""
-        self.feed(b"data: [DONE]\n\n")
+        self.feed(FINISH + b"data: [DONE]\n\n")
         self.assertIsInstance(self.successResultOf(self.stream.next()), Finish)
         pending = self.stream.next()
         self.clock.advance(END_GRACE)
@@ -91,11 +95,78 @@ class StreamTests(SynchronousTestCase):
         self.stream.cancel()  # idempotent
 
     def test_cut(self) -> None:
+        """A reset mid-body is ``unavailable`` (CONTRACT §4.6), told as a sentence, no repr."""
         self.feed(chunk("a"))
         self.end(ResponseFailed([Failure(ConnectionLost("reset by peer"))]))
         self.assertEqual(self.successResultOf(self.stream.next()), TextDelta("a"))
         error = self.failureResultOf(self.stream.next(), ProviderError).value
+        self.assertEqual(error.kind, "unavailable")
+        self.assertEqual(error.message, "upstream closed the connection mid-answer")
+
+    def test_clean_end_without_finish_is_a_cut(self) -> None:
+        """No finish reason and no [DONE]: the server went away (SIGTERM), not a stop."""
+        self.feed(chunk("a"))
+        self.end()
+        self.assertEqual(self.successResultOf(self.stream.next()), TextDelta("a"))
+        error = self.failureResultOf(self.stream.next(), ProviderError).value
+        self.assertEqual(
+            (error.kind, error.message),
+            ("unavailable", "upstream closed the connection mid-answer"),
+        )
+
+    def test_bare_done_is_an_error(self) -> None:
+        """[DONE] without a finish reason (an interrupted llama-cpp-python answer)."""
+        self.feed(chunk("a") + b"data: [DONE]\n\n")
+        self.assertEqual(self.successResultOf(self.stream.next()), TextDelta("a"))
+        error = self.failureResultOf(self.stream.next(), ProviderError).value
         self.assertEqual(error.kind, "upstream_error")
+        self.assertIn("no finish reason", error.message)
+
+    def test_finish_reason_anywhere_wins(self) -> None:
+        """A finish reason before the usage chunk; the body then ends without [DONE]."""
+        self.feed(chunk("a") + b'data: {"choices": [{"delta": {}, "finish_reason": "length"}]}')
+        self.feed(b'\n\ndata: {"choices": [], "usage": {"prompt_tokens": 2}}\n\n')
+        self.end()
+        self.assertEqual(self.successResultOf(self.stream.next()), TextDelta("a"))
+        self.assertEqual(self.successResultOf(self.stream.next()), Finish("length", Usage(2, 0)))
+
+    def test_no_usage_is_unknown(self) -> None:
+        self.feed(FINISH + b"data: [DONE]\n\n")
+        finish = self.successResultOf(self.stream.next())
+        self.assertEqual(finish, Finish("stop", Usage()))
+        assert isinstance(finish, Finish)
+        self.assertIsNone(finish.usage.to_json())
+
+    def test_first_event(self) -> None:
+        """first_event() waits for a delta (not the role chunk), then fires at once."""
+        ready = self.stream.first_event(5.0)
+        self.feed(b'data: {"choices": [{"delta": {"role": "assistant", "content": ""}}]}\n\n')
+        self.assertNoResult(ready)
+        self.feed(chunk("a"))
+        self.successResultOf(ready)
+        self.successResultOf(self.stream.first_event(5.0))
+
+    def test_first_event_fails_with_the_cut(self) -> None:
+        ready = self.stream.first_event(5.0)
+        self.end(ResponseFailed([Failure(ConnectionLost("reset by peer"))]))
+        error = self.failureResultOf(ready, ProviderError).value
+        self.assertEqual(error.message, "upstream closed the connection before answering")
+
+    def test_first_event_gives_up_waiting(self) -> None:
+        """A model slow to begin gets its stream handed over after the wait all the same."""
+        ready = self.stream.first_event(5.0)
+        self.clock.advance(4.9)
+        self.assertNoResult(ready)
+        self.clock.advance(0.1)
+        self.successResultOf(ready)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_first_event_cancelled_closes(self) -> None:
+        ready = self.stream.first_event(5.0)
+        ready.cancel()
+        self.failureResultOf(ready, CancelledError)
+        self.assertEqual(self.response.transport.producerState, "stopped")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_error_messages_redacted(self) -> None:
         self.feed(b'data: {"error": {"message": "bad key sk-secret"}}\n\n')
@@ -105,7 +176,7 @@ class StreamTests(SynchronousTestCase):
         self.assertEqual(self.response.transport.producerState, "stopped")
 
     def test_events_after_done_ignored(self) -> None:
-        self.feed(b"data: [DONE]\n\ndata: not json\n\n")
+        self.feed(FINISH + b"data: [DONE]\n\ndata: not json\n\n")
         self.assertIsInstance(self.successResultOf(self.stream.next()), Finish)
         self.end()
         self.assertIsNone(self.successResultOf(self.stream.next()))

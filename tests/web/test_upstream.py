@@ -81,7 +81,8 @@ class UpstreamTests(TestCase):
         )
         sent = self.upstream.requests[0].json
         self.assertEqual(sent["model"], "model-b")
-        self.assertTrue(sent["stream"])
+        # Nobody reads this answer as it is written: it is asked for whole.
+        self.assertIs(sent["stream"], False)
         system = sent["messages"][0]
         self.assertEqual(system["role"], "system")
         self.assertIn("Beta", json.dumps(system))
