@@ -311,7 +311,9 @@ class ClosedOutputTests(TestCase):
         self.assertEqual(echo.err, b"")
         # The model stream was cancelled, the turn kept as aborted.
         self.assertEqual(hanging.err, b"stream cancelled\n")
-        records = DiskSessionStore(state).transcript("main", "agent:main:main")
+        records = self.successResultOf(
+            DiskSessionStore(state).transcript("main", "agent:main:main")
+        )
         self.assertEqual(
             [(r["role"], r.get("stopReason")) for r in records],
             [("user", None), ("assistant", "aborted")],

@@ -67,8 +67,8 @@ class GatewayTests(TestCase):
         ctype = (r.headers.getRawHeaders("content-type") or [""])[0]
         return r.code, parse_sse(content) if "event-stream" in ctype else json.loads(content)
 
-    def last_record(self, user: str) -> dict[str, Any]:
-        records = self.gateway.store.transcript("main", f"agent:main:openai-user:{user}")
+    async def last_record(self, user: str) -> dict[str, Any]:
+        records = await self.gateway.store.transcript("main", f"agent:main:openai-user:{user}")
         return records[-1]
 
     async def test_cut_before_the_first_token(self) -> None:
@@ -114,7 +114,7 @@ class GatewayTests(TestCase):
                 "Model provider unavailable: model provider 'fake' closed the connection "
                 "mid-answer",
             )
-            record = self.last_record("zoe")
+            record = (await self.last_record("zoe"))
             self.assertEqual((record["text"], record["stopReason"]), ("Half an", "error"))
 
     async def test_bare_done_is_no_stop(self) -> None:
@@ -124,7 +124,7 @@ class GatewayTests(TestCase):
         self.assertEqual(status, 200)
         self.assertEqual(events[-2]["error"]["code"], "upstream_error")
         self.assertIn("no finish reason", events[-2]["error"]["message"])
-        self.assertEqual(self.last_record("zoe")["stopReason"], "error")
+        self.assertEqual((await self.last_record("zoe"))["stopReason"], "error")
 
     async def test_no_usage_is_null_everywhere(self) -> None:
         """An upstream that reports no usage: null in answers and transcripts, never 0/0/0."""
@@ -133,7 +133,7 @@ class GatewayTests(TestCase):
             status, body = await self.post(user="zoe")
             self.assertEqual(status, 200)
             self.assertIsNone(body["usage"])
-            self.assertIsNone(self.last_record("zoe")["usage"])
+            self.assertIsNone((await self.last_record("zoe"))["usage"])
             status, events = await self.post(stream=True, stream_options={"include_usage": True})
             self.assertEqual(events[-2]["choices"], [])
             self.assertIsNone(events[-2]["usage"])
