@@ -49,7 +49,7 @@ async def _measure(
         await fn(count)
         out[name] = count / (time.perf_counter() - start)
         # The client process's own CPU: the figure a loaded, shared machine moves least.
-        out[name.replace("/s", "/CPU-s")] = count / (time.process_time() - cpu)
+        out[name.removesuffix("/s") + "/CPU-s"] = count / (time.process_time() - cpu)
     return out
 
 
@@ -172,7 +172,7 @@ def child(client: str, reactor_name: str, port: int, n: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.redis_clients", description=__doc__)
-    parser.add_argument("-n", type=int, default=20_000, help="round-trips per measurement")
+    parser.add_argument("-n", type=int, default=10_000, help="round-trips per measurement")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each client (best kept)")
     parser.add_argument("--child", nargs=3, metavar=("CLIENT", "REACTOR", "PORT"))
     args = parser.parse_args(argv)
