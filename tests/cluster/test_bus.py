@@ -15,6 +15,8 @@ from ..redis_support import connect, start_redis
 
 
 class EventBusTests(TestCase):
+    timeout = 30  # a hang fails the test instead of stalling the suite
+
     async def bus(self, url: str, test_server: Any) -> RedisEventBus:
         bus = RedisEventBus.connect(reactor, url, await connect(self, test_server))
         self.addCleanup(bus.close)

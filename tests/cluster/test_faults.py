@@ -14,6 +14,8 @@ from ..redis_support import connect, start_redis
 
 
 class FaultTests(TestCase):
+    timeout = 30  # a hang fails the test instead of stalling the suite
+
     async def test_a_restarted_redis_fails_fast_then_the_client_reconnects(self) -> None:
         server = start_redis(self)
         clock = Clock()  # no timeout can fire: what fails here fails at once

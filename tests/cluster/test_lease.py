@@ -15,6 +15,8 @@ from ..redis_support import connect, key_events, start_redis
 
 
 class LeaseTests(TestCase):
+    timeout = 30  # a hang fails the test instead of stalling the suite
+
     async def test_two_holders_never_hold_one_key(self) -> None:
         server = start_redis(self)
         one, two = await connect(self, server), await connect(self, server)

@@ -15,6 +15,8 @@ CONFIG = RateLimitConfig(max_attempts=3, window_ms=60_000, lockout_ms=300_000)
 
 
 class SharedLimiterTests(TestCase):
+    timeout = 30  # a hang fails the test instead of stalling the suite
+
     async def gateways(
         self, config: RateLimitConfig = CONFIG
     ) -> tuple[Clock, RedisAttempts, RedisAttempts]:

@@ -18,6 +18,8 @@ def turn(n: int, ts: int) -> list[dict[str, object]]:
 
 
 class TranscriptTests(TestCase):
+    timeout = 30  # a hang fails the test instead of stalling the suite
+
     async def test_appends_from_two_gateways_read_back_in_order(self) -> None:
         server = start_redis(self)
         one = RedisTranscripts(await connect(self, server))
