@@ -114,7 +114,7 @@ class GatewayTests(TestCase):
                 "Model provider unavailable: model provider 'fake' closed the connection "
                 "mid-answer",
             )
-            record = (await self.last_record("zoe"))
+            record = await self.last_record("zoe")
             self.assertEqual((record["text"], record["stopReason"]), ("Half an", "error"))
 
     async def test_bare_done_is_no_stop(self) -> None:
