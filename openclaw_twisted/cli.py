@@ -129,19 +129,20 @@ async def agent_local(
         stderr.write(f"{PROG}: config error: {e}\n")
         return Exit.USAGE
     gateway = Gateway(config, reactor)
+    edge = gateway.edge
     try:
         key = (options["session-key"] or "").strip()
         if (problem := session_key_error(key, "--session-key")) is not None:
             stderr.write(f"{PROG}: {problem}\n")
             return 2
         agent_id = agent_from_session_key(key) or (
-            normalize_agent_id(options["agent"]) if options["agent"] else gateway.roster.default_id
+            normalize_agent_id(options["agent"]) if options["agent"] else edge.roster.default_id
         )
-        if gateway.roster.get(agent_id) is None:
-            known = ", ".join(gateway.roster.ids)
+        if edge.roster.get(agent_id) is None:
+            known = ", ".join(edge.roster.ids)
             stderr.write(f"{PROG}: unknown agent {agent_id!r} (configured: {known})\n")
             return Exit.USAGE
-        run = gateway.runner.start(
+        run = edge.runner.start(
             RunRequest(agent_id, key or main_session_key(agent_id), options["message"])
         )
         # Why the turn was cancelled from here, if it was: Ctrl-C or a closed stdout.

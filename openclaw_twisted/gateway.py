@@ -45,8 +45,9 @@ from .agents.roster import Roster
 from .agents.runner import AgentRunner
 from .agents.sessions import DiskSessionStore
 from .agents.store import ISessionStore
-from .auth import Authenticator, ClientAddress, forwarded_for, is_loopback
+from .auth import Authenticator, ClientAddress, is_loopback
 from .config import Config
+from .edge import Edge
 from .limits import GatedProviders, RunLimits, UpstreamGate
 from .providers.echo import EchoProvider
 from .providers.interface import ProviderError
@@ -57,6 +58,7 @@ from .web.request import GatewaySite
 from .web.root import GatewayRoot
 
 if TYPE_CHECKING:
+    # Autobahn is imported on the first WebSocket upgrade only.
     from .ws.server import GatewayWebSocketFactory
 
 log = Logger()
@@ -169,19 +171,35 @@ class Gateway:
         self.runner = AgentRunner(self.roster, self.providers, self.store, reactor)
         #: When this gateway was built (reactor time): uptime counts from here.
         self.started_at: float = reactor.seconds()
-        self.ready = True
-        self._http_app = GatewayHTTP(self)
+        self.edge = Edge(
+            clock=reactor,
+            started_at=self.started_at,
+            auth=self.auth,
+            client_address=self.client_address,
+            roster=self.roster,
+            runner=self.runner,
+            store=self.store,
+            limits=self.limits,
+            browser=BrowserPolicy.from_config(config.gateway),
+            models=self.providers.all_models,
+            providers=config.providers,
+            chat_completions=config.chat_completions,
+            persist_ephemeral=config.persist_ephemeral,
+        )
+        self._http_app = GatewayHTTP(self.edge)
         self._ws_factory: GatewayWebSocketFactory | None = None
         self._ws_resource: IResource | None = None
         self._root: IResource | None = None
         self._sites: list[GatewaySite] = []
 
+    @property
+    def ready(self) -> bool:
+        """Whether the gateway takes new runs (the runner's say: false once stopping)."""
+        return self.runner.ready
+
     def client_ip(self, request: IRequest) -> str:
         """The client's IP (the forwarded one behind a trusted proxy)."""
-        peer = request.getClientAddress()
-        host = getattr(peer, "host", "") or ""
-        forwarded = forwarded_for(request.requestHeaders.getRawHeaders(b"x-forwarded-for"))
-        return self.client_address.resolve(host, forwarded)
+        return self.edge.client_ip(request)
 
     def resource(self) -> IResource:
         """The root resource: HTTP routes and the WebSocket protocol, for any ``Site``."""
@@ -189,7 +207,7 @@ class Gateway:
             self._root = GatewayRoot(
                 self._http_app.app.resource(),
                 self.websocket_resource,
-                BrowserPolicy.from_config(self.config.gateway),
+                self.edge.browser,
             )
         return self._root
 
@@ -198,7 +216,7 @@ class Gateway:
         if self._ws_resource is None:
             from .ws.server import websocket_resource
 
-            resource = websocket_resource(self)
+            resource = websocket_resource(self.edge)
             self._ws_factory = resource._factory
             self._ws_resource = resource
         return self._ws_resource
@@ -217,7 +235,7 @@ class Gateway:
 
     async def shutdown(self, grace: float = DEFAULT_GRACE_SECONDS) -> None:
         """Not ready any more; give runs ``grace`` seconds, cancel the rest, tell WS clients."""
-        self.ready = False
+        self.runner.closing = True
         if self._ws_factory is not None:
             self._ws_factory.shutdown()
         await self.runner.shutdown(grace)

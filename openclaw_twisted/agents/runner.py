@@ -293,7 +293,14 @@ class AgentRunner:
         self.active: dict[str, Run] = {}
         self.listeners: list[Callable[[Run, RunEvent], object]] = []
         self._lanes: dict[str, DeferredLock] = {}
+        #: Set once the gateway begins to stop: new runs end at once, and every edge says
+        #: it is not ready (the one owner of readiness).
         self.closing = False
+
+    @property
+    def ready(self) -> bool:
+        """Whether new runs are taken: until ``shutdown`` begins (``/readyz``, ``health``)."""
+        return not self.closing
 
     def agent(self, agent_id: str) -> Agent:
         agent = self.roster.get(agent_id)

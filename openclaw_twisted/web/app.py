@@ -15,7 +15,6 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from .completions import ChatCompletions
 from .errors import JSON_TYPE, error_body, json_body, not_found
 from .gate import NO_BODY, BodyRule, RouteGate, method_not_allowed
-from .origin import BrowserPolicy
 from .request import BodyLimit, RoutePath
 from .root import root_refusal
 
@@ -24,7 +23,7 @@ log = Logger()
 if TYPE_CHECKING:
     from twisted.python.failure import Failure
 
-    from ..gateway import Gateway
+    from ..edge import Edge
 
 
 @cache
@@ -38,16 +37,16 @@ class GatewayHTTP:
 
     app = Klein()
 
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
-        self.chat = ChatCompletions(gateway)
-        cc = gateway.config.chat_completions
+    def __init__(self, edge: Edge) -> None:
+        self.edge = edge
+        self.chat = ChatCompletions(edge)
+        cc = edge.chat_completions
         models = BodyRule(0, precheck=lambda r: self.chat.precheck(r, b"GET, HEAD"))
         # What each route takes as a body, by endpoint name (a route added below without an
         # entry gets the gate's small default).  A new body route brings its own line: say
         # ``"responses": BodyRule(20 MiB, json=True, precheck=<its auth>)`` for
         # ``/v1/responses``, 2 MiB for ``/tools/invoke``.
-        policy = BrowserPolicy.from_config(gateway.config.gateway)
+        policy = edge.browser
         self.gate = RouteGate(
             self.app.url_map,
             {
@@ -75,7 +74,7 @@ class GatewayHTTP:
     @app.route("/readyz", methods=["GET", "HEAD"])
     @app.route("/ready", methods=["GET", "HEAD"])
     def ready(self, request: IRequest) -> bytes:
-        ready = self.gateway.ready
+        ready = self.edge.ready
         return json_body(request, 200 if ready else 503, {"ready": ready}, no_store=True)
 
     @app.route("/openapi.json", methods=["GET", "HEAD"])

@@ -21,7 +21,7 @@ from .sse import CompletionStream, usage_json
 
 if TYPE_CHECKING:
     from ..config import ChatCompletionsConfig
-    from ..gateway import Gateway
+    from ..edge import Edge
 
 log = Logger()
 
@@ -33,12 +33,12 @@ OPENCLAW_HEADERS = ("x-openclaw-agent-id", "x-openclaw-agent", "x-openclaw-sessi
 class ChatCompletions:
     """The OpenAI-compatible endpoints of one gateway (CONTRACT §4, §6)."""
 
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
+    def __init__(self, edge: Edge) -> None:
+        self.edge = edge
 
     @property
     def config(self) -> ChatCompletionsConfig:
-        return self.gateway.config.chat_completions
+        return self.edge.chat_completions
 
     # The checks before the body (§4.1 steps 1-3), shared by every endpoint here.
 
@@ -54,7 +54,7 @@ class ChatCompletions:
         """``None`` when the bearer credential is good; else the 401 or 429 answer."""
         header = request.getHeader(b"authorization")
         credential = bearer(header.decode("latin-1") if header else None)
-        verdict = self.gateway.auth.check(credential, self.gateway.client_ip(request))
+        verdict = self.edge.auth.check(credential, self.edge.client_ip(request))
         if verdict.ok:
             return None
         if verdict.reason == "locked":
@@ -95,37 +95,37 @@ class ChatCompletions:
             chat = parse_chat(
                 body,
                 headers,
-                self.gateway.roster,
+                self.edge.roster,
                 self.config,
-                persist_ephemeral=self.gateway.config.persist_ephemeral,
+                persist_ephemeral=self.edge.persist_ephemeral,
             )
         except InvalidRequest as e:
             return error_body(
                 request, 400, e.message, "invalid_request_error", param=e.param, code=e.code
             )
-        client = self.gateway.client_ip(request)
+        client = self.edge.client_ip(request)
         try:
-            self.gateway.limits.admit(client)
+            self.edge.limits.admit(client)
         except TooManyRuns as e:
             return ErrorReply(
                 429, e.message, "rate_limit_error", "too_many_runs", retry_after="1"
             ).render(request)
-        run = self.gateway.runner.start(chat.run)
-        self.gateway.limits.hold(client, run)
+        run = self.edge.runner.start(chat.run)
+        self.edge.limits.hold(client, run)
         cast(Request, request).notifyFinish().addErrback(lambda _: run.cancel())
         try:
             first = await run.next_event()
             if first is None or first.phase != "start":
                 return await self._failed(request, run)
             completion_id = f"chatcmpl-{uuid.uuid4().hex}"
-            created = int(self.gateway.reactor.seconds())
+            created = int(self.edge.clock.seconds())
             if not chat.stream:
                 result = await self._drain(run)
                 return self._reply(request, result, completion_id, created, chat.model)
             stream = CompletionStream(
                 cast(Request, request),
                 run,
-                self.gateway.reactor,
+                self.edge.clock,
                 completion_id=completion_id,
                 created=created,
                 model=chat.model,
@@ -177,7 +177,7 @@ class ChatCompletions:
     # GET /v1/models, /v1/models/{id}
 
     def model_ids(self) -> list[str]:
-        return ["openclaw", "openclaw/default", *(f"openclaw/{a}" for a in self.gateway.roster.ids)]
+        return ["openclaw", "openclaw/default", *(f"openclaw/{a}" for a in self.edge.roster.ids)]
 
     def models(self, request: IRequest, model_id: str | None = None) -> bytes:
         refusal = self.precheck(request, b"GET, HEAD")

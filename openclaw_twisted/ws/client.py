@@ -284,7 +284,7 @@ class AgentCommand:
         challenge = await _next(client, "before the challenge")
         if challenge.get("event") != "connect.challenge":
             raise ClientError("the gateway did not send connect.challenge")
-        from .. import __version__
+        from .._version import __version__
 
         secret, source = _credentials(self.options, self.environ)
         client.send_json(

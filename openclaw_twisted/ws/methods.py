@@ -12,7 +12,7 @@ from ..providers.registry import split_ref
 
 if TYPE_CHECKING:
     from ..agents.events import RunEvent
-    from ..gateway import Gateway
+    from ..edge import Edge
 
 #: The session a client lands in when it names none (OpenClaw's "main" session per agent).
 MAIN_KEY = "main"
@@ -62,7 +62,7 @@ def integer(params: dict[str, Any], name: str, default: int, low: int, high: int
     return value
 
 
-def target(gateway: Gateway, params: dict[str, Any]) -> tuple[str, str]:
+def target(edge: Edge, params: dict[str, Any]) -> tuple[str, str]:
     """
     ``(agentId, sessionKey)`` of a request, by the HTTP endpoint's rules: a session key
     ``agent:<id>:...`` decides the agent; else ``agentId``; else the default agent, whose main
@@ -72,7 +72,7 @@ def target(gateway: Gateway, params: dict[str, Any]) -> tuple[str, str]:
     if key is not None and (problem := session_key_error(key, "sessionKey")) is not None:
         raise invalid(problem)
     raw = text(params, "agentId")
-    roster = gateway.roster
+    roster = edge.roster
     agent_id = (key and agent_from_session_key(key)) or (
         normalize_agent_id(raw) if raw is not None else roster.default_id
     )
@@ -81,17 +81,17 @@ def target(gateway: Gateway, params: dict[str, Any]) -> tuple[str, str]:
     return agent_id, key or main_session_key(agent_id)
 
 
-def health(gateway: Gateway, params: dict[str, Any]) -> dict[str, Any]:
+def health(edge: Edge, params: dict[str, Any]) -> dict[str, Any]:
     return {
         "ok": True,
-        "status": "live" if gateway.ready else "stopping",
-        "ready": gateway.ready,
-        "ts": int(gateway.reactor.seconds() * 1000),
+        "status": "live" if edge.ready else "stopping",
+        "ready": edge.ready,
+        "ts": edge.now_ms(),
     }
 
 
-def agents_list(gateway: Gateway, params: dict[str, Any]) -> dict[str, Any]:
-    roster = gateway.roster
+def agents_list(edge: Edge, params: dict[str, Any]) -> dict[str, Any]:
+    roster = edge.roster
     return {
         "defaultId": roster.default_id,
         "mainKey": MAIN_KEY,
@@ -100,15 +100,13 @@ def agents_list(gateway: Gateway, params: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def models_list(gateway: Gateway, params: dict[str, Any]) -> dict[str, Any]:
+def models_list(edge: Edge, params: dict[str, Any]) -> dict[str, Any]:
     names = {
-        (p.name, m.id): (m.name or m.id, m.context_window)
-        for p in gateway.config.providers
-        for m in p.models
+        (p.name, m.id): (m.name or m.id, m.context_window) for p in edge.providers for m in p.models
     }
     # The configured models, then any model an agent names that the config does not list.
-    pairs = list(gateway.providers.all_models())
-    for agent in gateway.roster.agents:
+    pairs = list(edge.models())
+    for agent in edge.roster.agents:
         for ref in agent.model.refs:
             pair = split_ref(ref)
             if pair not in pairs:
@@ -123,20 +121,20 @@ def models_list(gateway: Gateway, params: dict[str, Any]) -> dict[str, Any]:
     return {"models": models}
 
 
-async def sessions_list(gateway: Gateway, params: dict[str, Any]) -> dict[str, Any]:
+async def sessions_list(edge: Edge, params: dict[str, Any]) -> dict[str, Any]:
     raw = text(params, "agentId")
     limit = integer(params, "limit", 100, 1, 1000)
     if raw is not None:
         agent_id = normalize_agent_id(raw)
-        if gateway.roster.get(agent_id) is None:
+        if edge.roster.get(agent_id) is None:
             raise invalid(f"Unknown agent '{agent_id}'.")
         agents = [agent_id]
     else:
-        agents = list(gateway.roster.ids)
+        agents = list(edge.roster.ids)
     rows = [
         {**row, "agentId": agent_id}
         for agent_id in agents
-        for row in await gateway.store.sessions(agent_id)
+        for row in await edge.store.sessions(agent_id)
     ]
     rows.sort(key=lambda r: -int(r.get("updatedAt") or 0))
     return {"count": len(rows), "sessions": rows[:limit]}
@@ -147,13 +145,13 @@ def chat_message(role: str, body: str, ts: int) -> dict[str, Any]:
     return {"role": role, "content": [{"type": "text", "text": body}], "timestamp": ts}
 
 
-async def chat_history(gateway: Gateway, params: dict[str, Any], max_bytes: int) -> dict[str, Any]:
+async def chat_history(edge: Edge, params: dict[str, Any], max_bytes: int) -> dict[str, Any]:
     """The last ``limit`` messages of a session, cut further so the reply fits one frame."""
     text(params, "sessionKey", required=True)
-    agent_id, key = target(gateway, params)
+    agent_id, key = target(edge, params)
     limit = integer(params, "limit", 200, 1, 1000)
     messages = []
-    for record in await gateway.store.transcript(agent_id, key):
+    for record in await edge.store.transcript(agent_id, key):
         role, body = record.get("role"), record.get("text")
         if role not in ("user", "assistant") or not isinstance(body, str):
             continue

@@ -31,7 +31,7 @@ from .methods import MethodError, dumps, integer, invalid, text  # noqa: E402
 from .outbox import Outbox  # noqa: E402
 
 if TYPE_CHECKING:
-    from ..gateway import Gateway
+    from ..edge import Edge
 
 log = Logger()
 
@@ -75,7 +75,7 @@ CANCELLED_ON_CLOSE = frozenset({"chat"})
 
 
 def _version() -> str:
-    from .. import __version__
+    from .._version import __version__
 
     return __version__
 
@@ -142,15 +142,15 @@ class GatewayWebSocket(WebSocketServerProtocol):
         self._stopping = False
 
     @property
-    def _gateway(self) -> Gateway:
-        return self.factory.gateway
+    def _edge(self) -> Edge:
+        return self.factory.edge
 
     # Connection lifecycle.
 
     def onConnect(self, request: Any) -> None:
         peer = self.transport.getPeer()  # type: ignore[union-attr]
         forwarded = request.headers.get("x-forwarded-for")
-        self.client_ip = self._gateway.client_address.resolve(
+        self.client_ip = self._edge.client_address.resolve(
             getattr(peer, "host", "") or "", forwarded
         )
 
@@ -172,7 +172,7 @@ class GatewayWebSocket(WebSocketServerProtocol):
                 "payload": {"nonce": self.nonce, "ts": self._now_ms()},
             }
         )
-        self._timer = self._gateway.reactor.callLater(
+        self._timer = self._edge.clock.callLater(
             self.factory.connect_timeout, self._connect_timeout
         )
 
@@ -195,7 +195,7 @@ class GatewayWebSocket(WebSocketServerProtocol):
 
     def _tick(self) -> None:
         self.send_event("tick", {"ts": self._now_ms()})
-        self._timer = self._gateway.reactor.callLater(TICK_SECONDS, self._tick)
+        self._timer = self._edge.clock.callLater(TICK_SECONDS, self._tick)
 
     def close(self, code: int, reason: str) -> None:
         """
@@ -226,7 +226,7 @@ class GatewayWebSocket(WebSocketServerProtocol):
     # Sending.
 
     def _now_ms(self) -> int:
-        return int(self._gateway.reactor.seconds() * 1000)
+        return self._edge.now_ms()
 
     def _write(self, data: bytes) -> None:
         if self.state == self.STATE_OPEN:
@@ -335,9 +335,7 @@ class GatewayWebSocket(WebSocketServerProtocol):
             )
             self.close(CLOSE_PROTOCOL_ERROR, "protocol mismatch")
             return
-        verdict = self._gateway.auth.check(
-            auth.get("token") or auth.get("password"), self.client_ip
-        )
+        verdict = self._edge.auth.check(auth.get("token") or auth.get("password"), self.client_ip)
         if not verdict.ok:
             if verdict.reason == "locked":
                 error = MethodError(
@@ -355,11 +353,11 @@ class GatewayWebSocket(WebSocketServerProtocol):
         self.authenticated = True
         self.client = {k: client[k] for k in ("id", "version", "platform", "mode")}
         self.reply(req_id, self._hello())
-        self._timer = self._gateway.reactor.callLater(TICK_SECONDS, self._tick)
+        self._timer = self._edge.clock.callLater(TICK_SECONDS, self._tick)
 
     def _hello(self) -> dict[str, Any]:
-        gateway = self._gateway
-        default = gateway.roster.default_id
+        edge = self._edge
+        default = edge.roster.default_id
         return {
             "type": "hello-ok",
             "protocol": PROTOCOL_VERSION,
@@ -367,7 +365,7 @@ class GatewayWebSocket(WebSocketServerProtocol):
             "features": {"methods": list(METHODS), "events": list(EVENTS)},
             "snapshot": {
                 "presence": [],
-                "health": methods.health(gateway, {}),
+                "health": methods.health(edge, {}),
                 "stateVersion": {"presence": 0, "health": 0},
                 "uptimeMs": self._now_ms() - self.factory.started_ms,
                 "sessionDefaults": {
@@ -451,32 +449,32 @@ class GatewayWebSocket(WebSocketServerProtocol):
             "chat.abort": self._chat_abort,
         }
 
-    def _simple(self, fn: Callable[[Gateway, dict[str, Any]], dict[str, Any]]) -> Any:
+    def _simple(self, fn: Callable[[Edge, dict[str, Any]], dict[str, Any]]) -> Any:
         async def handler(req_id: str, params: dict[str, Any]) -> dict[str, Any]:
-            return fn(self._gateway, params)
+            return fn(self._edge, params)
 
         return handler
 
     # Methods.
 
     async def _status(self, req_id: str, params: dict[str, Any]) -> dict[str, Any]:
-        gateway = self._gateway
+        edge = self._edge
         return {
             "version": _version(),
             "protocol": PROTOCOL_VERSION,
-            "ready": gateway.ready,
+            "ready": edge.ready,
             "uptimeMs": self._now_ms() - self.factory.started_ms,
             "connections": sum(1 for c in self.factory.connections if c.authenticated),
-            "activeRuns": len(gateway.runner.active),
-            "agents": list(gateway.roster.ids),
-            "defaultAgentId": gateway.roster.default_id,
+            "activeRuns": len(edge.runner.active),
+            "agents": list(edge.roster.ids),
+            "defaultAgentId": edge.roster.default_id,
         }
 
     async def _sessions_list(self, req_id: str, params: dict[str, Any]) -> dict[str, Any]:
-        return await methods.sessions_list(self._gateway, params)
+        return await methods.sessions_list(self._edge, params)
 
     async def _chat_history(self, req_id: str, params: dict[str, Any]) -> dict[str, Any]:
-        return await methods.chat_history(self._gateway, params, self.factory.max_payload)
+        return await methods.chat_history(self._edge, params, self.factory.max_payload)
 
     def _start(self, kind: str, params: dict[str, Any]) -> tuple[Tracked, bool]:
         """The run a request asks for: a new one, or the one its ``idempotencyKey`` started."""
@@ -487,11 +485,11 @@ class GatewayWebSocket(WebSocketServerProtocol):
             tracked = self.factory.by_key(kind, key)
             if tracked is not None:
                 return tracked, False
-        agent_id, session_key = methods.target(self._gateway, params)
+        agent_id, session_key = methods.target(self._edge, params)
         extra = text(params, "extraSystemPrompt") or ""
-        if not self._gateway.ready:
+        if not self._edge.ready:
             raise MethodError("UNAVAILABLE", "The gateway is shutting down.")
-        limits = self._gateway.limits
+        limits = self._edge.limits
         try:
             limits.admit(self.client_ip, len(self._in_flight))
         except TooManyRuns as e:
@@ -501,7 +499,7 @@ class GatewayWebSocket(WebSocketServerProtocol):
         # Owned before it starts: a run may emit its first events inside start().
         self._own.add(run_id)
         try:
-            run = self._gateway.runner.start(
+            run = self._edge.runner.start(
                 RunRequest(agent_id, session_key, message, extra_system_prompt=extra, run_id=run_id)
             )
         except UnknownAgent as e:
@@ -595,7 +593,7 @@ class GatewayWebSocket(WebSocketServerProtocol):
         run_id = text(params, "runId", required=True)
         timeout_ms = integer(params, "timeoutMs", 30_000, 0, 24 * 3600 * 1000)
         tracked = self.factory.runs.get(run_id or "")
-        run = tracked.run if tracked is not None else self._gateway.runner.active.get(run_id or "")
+        run = tracked.run if tracked is not None else self._edge.runner.active.get(run_id or "")
         if run is None:
             raise invalid(f"unknown runId '{run_id}'")
         result = await self._wait(run, timeout_ms / 1000)
@@ -624,7 +622,7 @@ class GatewayWebSocket(WebSocketServerProtocol):
             if not d.called:
                 d.callback(None)
 
-        timer = self._gateway.reactor.callLater(seconds, expired)
+        timer = self._edge.clock.callLater(seconds, expired)
         run.wait().addCallback(ended)
         return d
 
@@ -633,7 +631,7 @@ class GatewayWebSocket(WebSocketServerProtocol):
         run_id = text(params, "runId")
         if key is None and run_id is None:
             raise invalid("chat.abort needs 'sessionKey' or 'runId'")
-        active = self._gateway.runner.active
+        active = self._edge.runner.active
         runs = [
             r
             for r in active.values()
@@ -657,20 +655,20 @@ class GatewayWebSocket(WebSocketServerProtocol):
 
 
 class GatewayWebSocketFactory(WebSocketServerFactory):
-    """Holds the gateway, the open connections, and the runs started over WebSocket."""
+    """Holds the edge, the open connections, and the runs started over WebSocket."""
 
     protocol = GatewayWebSocket  # type: ignore[assignment]
 
     def __init__(
         self,
-        gateway: Gateway,
+        edge: Edge,
         *,
         max_payload: int = MAX_PAYLOAD,
         max_buffered_bytes: int = MAX_BUFFERED_BYTES,
         connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
     ) -> None:
-        super().__init__(reactor=gateway.reactor)
-        self.gateway = gateway
+        super().__init__(reactor=edge.clock)
+        self.edge = edge
         self.max_payload = max_payload
         self.max_buffered_bytes = max_buffered_bytes
         self.connect_timeout = connect_timeout
@@ -678,15 +676,15 @@ class GatewayWebSocketFactory(WebSocketServerFactory):
         self.setProtocolOptions(
             maxMessagePayloadSize=max_payload, maxFramePayloadSize=max_payload, failByDrop=False
         )
-        self.started_ms = int(gateway.started_at * 1000)
+        self.started_ms = int(edge.started_at * 1000)
         self.connections: set[GatewayWebSocket] = set()
         self.runs: OrderedDict[str, Tracked] = OrderedDict()
         self._keys: OrderedDict[tuple[str, str], str] = OrderedDict()
         #: Runs whose ``assistant`` events observers get merged, by run id.
         self._watches: dict[str, _Watch] = {}
-        #: When merged events go out (the gateway's reactor; a test may set a ``Clock``).
-        self.clock: IReactorTime = gateway.reactor
-        gateway.runner.listeners.append(self._broadcast)
+        #: When merged events go out (the edge's clock; a test may set a ``Clock``).
+        self.clock: IReactorTime = edge.clock
+        edge.runner.listeners.append(self._broadcast)
 
     def by_key(self, kind: str, key: str) -> Tracked | None:
         run_id = self._keys.get((kind, key))
@@ -699,7 +697,7 @@ class GatewayWebSocketFactory(WebSocketServerFactory):
             self._keys[(kind, key)] = run_id
 
         def ended(result: RunResult) -> None:
-            tracked.ended_at = int(self.gateway.reactor.seconds() * 1000)
+            tracked.ended_at = self.edge.now_ms()
 
         tracked.run.wait().addCallback(ended)
         while len(self.runs) > REMEMBERED_RUNS:
@@ -785,8 +783,8 @@ class GatewayWebSocketFactory(WebSocketServerFactory):
             conn.shutdown()
 
 
-def websocket_resource(gateway: Gateway) -> WebSocketResource:
+def websocket_resource(edge: Edge) -> WebSocketResource:
     """The Autobahn resource the root hands every ``Upgrade: websocket`` request to."""
-    factory = GatewayWebSocketFactory(gateway)
+    factory = GatewayWebSocketFactory(edge)
     factory.startFactory()
     return WebSocketResource(factory)

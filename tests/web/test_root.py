@@ -40,7 +40,7 @@ class RootTests(TestCase):
         for path in ("/readyz", "/ready"):
             r = await self.http.get(url + path)
             self.assertEqual(json.loads(await r.content()), {"ready": True})
-        self.gateway.ready = False
+        self.gateway.runner.closing = True
         r = await self.http.get(url + "/readyz")
         self.assertEqual(r.code, 503)
         self.assertEqual(json.loads(await r.content()), {"ready": False})

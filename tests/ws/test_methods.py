@@ -369,7 +369,7 @@ class MethodTests(TestCase):
 
     async def test_runs_refused_while_stopping(self) -> None:
         s = await self.start()
-        self.gateway.ready = False
+        self.gateway.runner.closing = True
         frame = await s.call("chat.send", {"message": "hi"})
         self.assertEqual(frame["error"]["code"], "UNAVAILABLE")
         self.assertEqual(self.provider.requests, [])
@@ -391,7 +391,7 @@ class ModelsListTests(SynchronousTestCase):
         }
         gateway = make_gateway(self, config)
         self.assertEqual(
-            methods.models_list(gateway, {})["models"],
+            methods.models_list(gateway.edge, {})["models"],
             [
                 {"id": "echo/echo", "name": "echo", "provider": "echo"},
                 {"id": "local/a", "name": "Model A", "provider": "local", "contextWindow": 8192},
