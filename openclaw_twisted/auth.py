@@ -17,6 +17,8 @@ from .config import AuthConfig, RateLimitConfig
 
 #: The limiter forgets the oldest addresses past this many, so a spray cannot grow memory.
 MAX_TRACKED_ADDRESSES = 10_000
+#: What a locked-out client is told (HTTP 429, the WebSocket's RATE_LIMITED).
+LOCKED_OUT = "Too many failed authentication attempts. Please try again later."
 
 
 @attrs.frozen

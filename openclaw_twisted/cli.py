@@ -118,9 +118,9 @@ async def agent_local(
 ) -> int:
     """One turn in this process (the gateway's own runner and disk sessions, no port)."""
     from .agents.events import RunRequest, RunResult
-    from .agents.roster import agent_from_session_key, main_session_key
+    from .agents.roster import UnknownAgent
     from .agents.store import session_key_error
-    from .config import ConfigError, load_config, normalize_agent_id
+    from .config import ConfigError, load_config
     from .gateway import Gateway
 
     try:
@@ -135,16 +135,13 @@ async def agent_local(
         if (problem := session_key_error(key, "--session-key")) is not None:
             stderr.write(f"{PROG}: {problem}\n")
             return 2
-        agent_id = agent_from_session_key(key) or (
-            normalize_agent_id(options["agent"]) if options["agent"] else edge.roster.default_id
-        )
-        if edge.roster.get(agent_id) is None:
-            known = ", ".join(edge.roster.ids)
-            stderr.write(f"{PROG}: unknown agent {agent_id!r} (configured: {known})\n")
+        try:
+            route = edge.roster.route("cli", session_key=key, agent=options["agent"])
+        except UnknownAgent as e:
+            known = ", ".join(e.known)
+            stderr.write(f"{PROG}: unknown agent {e.agent_id!r} (configured: {known})\n")
             return Exit.USAGE
-        run = edge.runner.start(
-            RunRequest(agent_id, key or main_session_key(agent_id), options["message"])
-        )
+        run = edge.runner.start(RunRequest(route.agent_id, route.session_key, options["message"]))
         # Why the turn was cancelled from here, if it was: Ctrl-C or a closed stdout.
         cancelled: list[Exit] = []
 

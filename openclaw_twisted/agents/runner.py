@@ -30,6 +30,7 @@ from ..providers.interface import (
 from ..providers.registry import Providers
 from .events import RunError, RunEvent, RunRequest, RunResult, Stream, TextSoFar
 from .roster import Agent, Roster, system_prompt
+from .roster import UnknownAgent as UnknownAgent  # raised by start(), importable from here
 from .store import ISessionStore
 
 log = Logger()
@@ -55,10 +56,6 @@ def _cancelled(run: Run) -> RunError:
         "internal_error": "Internal error.",
     }.get(reason, "The run was cancelled.")
     return RunError(reason, message)
-
-
-class UnknownAgent(Exception):
-    """The request names an agent that is not configured."""
 
 
 class Run:
@@ -303,10 +300,8 @@ class AgentRunner:
         return not self.closing
 
     def agent(self, agent_id: str) -> Agent:
-        agent = self.roster.get(agent_id)
-        if agent is None:
-            raise UnknownAgent(agent_id)
-        return agent
+        """The configured agent; L{UnknownAgent} otherwise."""
+        return self.roster.require(agent_id)
 
     def start(self, request: RunRequest) -> Run:
         """

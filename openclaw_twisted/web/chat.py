@@ -14,19 +14,17 @@ import attrs
 
 from .. import _json as strict_json
 from ..agents.events import RunRequest
-from ..agents.roster import Roster, agent_from_session_key
+from ..agents.roster import INVALID_MODEL, Roster, RouteError
 from ..agents.store import USER_MAX_CHARS, session_key_error
-from ..config import ChatCompletionsConfig, normalize_agent_id
+from ..config import ChatCompletionsConfig
 from ..providers.interface import Image, Sampling
 
 MISSING_USER_MESSAGE = "Missing user message in `messages`."
-INVALID_MODEL = "Invalid `model`. Use `openclaw` or `openclaw/<agentId>`."
 INVALID_IMAGE = "Invalid image_url content in `messages`."
 IMAGE_ONLY_TEXT = "User sent image(s) with no text."
 HISTORY_HEADER = "[Chat messages since your last reply - for context]"
 CURRENT_HEADER = "[Current message - respond to this]"
 
-_AGENT_MODEL = re.compile(r"(?:openclaw[:/]|agent:)([a-z0-9][a-z0-9_-]{0,63})")
 _DATA_URI = re.compile(r"data:([^;,]*)((?:;[^;,]*)*),(.*)", re.IGNORECASE | re.DOTALL)
 _MAGIC: dict[str, Callable[[bytes], bool]] = {
     "image/jpeg": lambda b: b.startswith(b"\xff\xd8\xff"),
@@ -97,22 +95,24 @@ def parse_chat(
     session_key = (headers.get("x-openclaw-session-key") or "").strip()
     if (problem := session_key_error(session_key, "x-openclaw-session-key")) is not None:
         raise InvalidRequest(problem, "x-openclaw-session-key", "too_long")
-    agent_id, param = _choose_agent(model, headers, session_key, roster.default_id)
-    if roster.get(agent_id) is None:
-        raise InvalidRequest(f"Unknown agent '{agent_id}'.", param, "unknown_agent")
-
     user = body.get("user")
+    headed = (headers.get(name) for name in ("x-openclaw-agent-id", "x-openclaw-agent"))
+    try:
+        route = roster.route(
+            "openai",
+            session_key=headers.get("x-openclaw-session-key"),
+            agent=next((h for h in headed if h and h.strip()), None),
+            model=model,
+            user=user if isinstance(user, str) else None,
+            persist_ephemeral=persist_ephemeral,
+            new_id=new_id,
+        )
+    except RouteError as e:
+        raise InvalidRequest(e.message, e.field, e.code) from None
     if user is not None and not isinstance(user, str):
         raise InvalidRequest("`user` must be a string.", "user", "invalid_type")
     if user is not None and (problem := session_key_error(user, "user", USER_MAX_CHARS)):
         raise InvalidRequest(problem, "user", "too_long")
-    persist = True
-    if not session_key:
-        if user and user.strip():
-            session_key = f"agent:{agent_id}:openai-user:{user.lower()}"
-        else:
-            session_key = f"agent:{agent_id}:openai:{new_id()}"
-            persist = persist_ephemeral
 
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):
@@ -134,9 +134,10 @@ def parse_chat(
         include_usage = bool(flag)
 
     message, extra, images = build_prompt(body.get("messages"), config)
+    persist = route.persist
     run = RunRequest(
-        agent_id=agent_id,
-        session_key=session_key,
+        agent_id=route.agent_id,
+        session_key=route.session_key,
         message=message,
         images=images,
         extra_system_prompt=extra,
@@ -147,26 +148,6 @@ def parse_chat(
         stream=bool(stream),
     )
     return ChatRequest(run, model, bool(stream), include_usage)
-
-
-def _choose_agent(
-    model: str, headers: Mapping[str, str], session_key: str, default_id: str
-) -> tuple[str, str | None]:
-    """The (normalised) agent id, and the request field it came from (for ``param``)."""
-    keyed = agent_from_session_key(session_key)
-    if keyed:
-        return keyed, None
-    for name in ("x-openclaw-agent-id", "x-openclaw-agent"):
-        raw = (headers.get(name) or "").strip()
-        if raw:
-            return normalize_agent_id(raw), None
-    m = model.strip().lower()
-    if m in ("openclaw", "openclaw/default"):
-        return default_id, "model"
-    found = _AGENT_MODEL.fullmatch(m)
-    if found is None:
-        raise InvalidRequest(INVALID_MODEL, "model", "invalid_model")
-    return found.group(1), "model"
 
 
 # ---------------------------------------------------------------------------------------

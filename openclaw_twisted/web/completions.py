@@ -12,7 +12,7 @@ from twisted.web.server import Request
 
 from ..agents.events import RunError, RunResult
 from ..agents.runner import Run
-from ..auth import bearer
+from ..auth import LOCKED_OUT, bearer
 from ..limits import TooManyRuns
 from .chat import InvalidRequest, decode_body, parse_chat
 from .errors import ErrorReply, error_body, json_body, not_found, run_error_reply
@@ -59,12 +59,7 @@ class ChatCompletions:
             return None
         if verdict.reason == "locked":
             request.setHeader(b"retry-after", str(verdict.retry_after or 1).encode())
-            return error_body(
-                request,
-                429,
-                "Too many failed authentication attempts. Please try again later.",
-                "rate_limited",
-            )
+            return error_body(request, 429, LOCKED_OUT, "rate_limited")
         request.setHeader(b"www-authenticate", b"Bearer")
         return error_body(request, 401, "Unauthorized", "unauthorized")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .._json import dumps
-from ..agents.roster import agent_from_session_key, main_session_key
+from ..agents.roster import RouteError
 from ..agents.store import session_key_error
 from ..config import normalize_agent_id
 from ..providers.registry import split_ref
@@ -71,14 +71,11 @@ def target(edge: Edge, params: dict[str, Any]) -> tuple[str, str]:
     key = text(params, "sessionKey")
     if key is not None and (problem := session_key_error(key, "sessionKey")) is not None:
         raise invalid(problem)
-    raw = text(params, "agentId")
-    roster = edge.roster
-    agent_id = (key and agent_from_session_key(key)) or (
-        normalize_agent_id(raw) if raw is not None else roster.default_id
-    )
-    if roster.get(agent_id) is None:
-        raise invalid(f"Unknown agent '{agent_id}'.")
-    return agent_id, key or main_session_key(agent_id)
+    try:
+        route = edge.roster.route("ws", session_key=key, agent=text(params, "agentId"))
+    except RouteError as e:
+        raise invalid(e.message) from None
+    return route.agent_id, route.session_key
 
 
 def health(edge: Edge, params: dict[str, Any]) -> dict[str, Any]:
@@ -126,8 +123,10 @@ async def sessions_list(edge: Edge, params: dict[str, Any]) -> dict[str, Any]:
     limit = integer(params, "limit", 100, 1, 1000)
     if raw is not None:
         agent_id = normalize_agent_id(raw)
-        if edge.roster.get(agent_id) is None:
-            raise invalid(f"Unknown agent '{agent_id}'.")
+        try:
+            edge.roster.require(agent_id)
+        except RouteError as e:
+            raise invalid(e.message) from None
         agents = [agent_id]
     else:
         agents = list(edge.roster.ids)

@@ -25,6 +25,7 @@ from twisted.logger import Logger  # noqa: E402
 from .. import _json as strict_json  # noqa: E402
 from ..agents.events import RunError, RunEvent, RunRequest, RunResult  # noqa: E402
 from ..agents.runner import Run, UnknownAgent  # noqa: E402
+from ..auth import LOCKED_OUT  # noqa: E402
 from ..limits import TooManyRuns  # noqa: E402
 from . import methods  # noqa: E402
 from .methods import MethodError, dumps, integer, invalid, text  # noqa: E402
@@ -340,7 +341,7 @@ class GatewayWebSocket(WebSocketServerProtocol):
             if verdict.reason == "locked":
                 error = MethodError(
                     "RATE_LIMITED",
-                    "Too many failed authentication attempts. Please try again later.",
+                    LOCKED_OUT,
                     {"retryAfterMs": (verdict.retry_after or 1) * 1000},
                 )
             else:
@@ -504,7 +505,7 @@ class GatewayWebSocket(WebSocketServerProtocol):
             )
         except UnknownAgent as e:
             self._own.discard(run_id)
-            raise invalid(f"Unknown agent '{e}'.") from None
+            raise invalid(e.message) from None
         limits.hold(self.client_ip, run)
         self._in_flight[run_id] = (run, kind)
         run.wait().addCallback(lambda _: self._in_flight.pop(run_id, None))
