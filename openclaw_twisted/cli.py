@@ -117,7 +117,7 @@ async def agent_local(
     environ: Mapping[str, str] = os.environ,
 ) -> int:
     """One turn in this process (the gateway's own runner and disk sessions, no port)."""
-    from .agents.events import RunRequest, RunResult
+    from .agents.events import RunRequest, RunResult, TextDelta
     from .agents.roster import UnknownAgent
     from .agents.store import session_key_error
     from .config import ConfigError, load_config
@@ -168,8 +168,8 @@ async def agent_local(
         trigger = reactor.addSystemEventTrigger("before", "shutdown", interrupted)
         wrote = False
         while (event := await run.next_event()) is not None:
-            if event.stream == "assistant":
-                wrote = write(event.data["delta"]) or wrote
+            if isinstance(event, TextDelta):
+                wrote = write(event.delta) or wrote
         reactor.removeSystemEventTrigger(trigger)
         result = await run.wait()
         if wrote:

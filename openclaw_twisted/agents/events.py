@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import attrs
 
@@ -27,7 +27,7 @@ class RunRequest:
     #: Whether the run keeps the whole answer while it streams. A run that is neither
     #: persisted nor keeping its text holds no more of the answer than the events not yet
     #: taken (a stateless streaming HTTP answer of any size costs no memory): its
-    #: ``RunResult.text`` is empty and each ``assistant`` event's ``text`` is that event's
+    #: ``RunResult.text`` is empty and each L{TextDelta}'s ``text`` is that event's
     #: delta alone, so observers (``AgentRunner.listeners``) that want the whole answer
     #: join the deltas they saw. A persisted run always keeps it (the transcript needs it).
     keep_text: bool = True
@@ -54,7 +54,7 @@ class TextSoFar:
     """
     The answer up to one delta, joined only when someone asks.
 
-    Every ``assistant`` event carries the cumulative text; materialising it per event would
+    Every L{TextDelta} carries the cumulative text; materialising it per event would
     cost time and memory quadratic in the answer's length, so events share one list of
     deltas and each remembers how many were in before it.
     """
@@ -73,37 +73,99 @@ class TextSoFar:
 
 
 @attrs.frozen
-class RunEvent:
-    """``{runId, seq, ts, sessionKey, stream, data}``; ``to_json()`` is JSON-ready."""
+class _RunEvent:
+    """What every run event carries: ``{runId, seq, ts, sessionKey}`` of CONTRACT §5.3."""
 
     run_id: str
     seq: int
     ts: int
     session_key: str
-    stream: Stream
-    data: dict[str, Any]
-    #: For ``assistant`` events: the cumulative answer (``data.text`` in ``to_json()``).
-    so_far: TextSoFar | None = attrs.field(default=None, eq=False, repr=False)
 
-    @property
-    def phase(self) -> str | None:
-        return self.data.get("phase") if self.stream == "lifecycle" else None
+    #: The §5.3 ``stream`` and (``lifecycle`` events) ``data.phase``: fixed per event type.
+    stream: ClassVar[Stream] = "lifecycle"
+    phase: ClassVar[str | None] = None
 
     @property
     def text(self) -> str:
-        """The answer so far (``assistant`` events); empty for other events."""
-        return str(self.so_far) if self.so_far is not None else ""
+        """The answer so far (L{TextDelta}); empty for other events."""
+        return ""
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """The §5.3 ``data`` object (a JSON view for tests and logs; edges map by type)."""
+        return to_json(self)["data"]  # type: ignore[arg-type]
 
     def to_json(self) -> dict[str, Any]:
-        data = self.data if self.so_far is None else {**self.data, "text": self.text}
-        return {
-            "runId": self.run_id,
-            "seq": self.seq,
-            "ts": self.ts,
-            "sessionKey": self.session_key,
-            "stream": self.stream,
-            "data": data,
-        }
+        return to_json(self)  # type: ignore[arg-type]
+
+
+@attrs.frozen
+class RunStarted(_RunEvent):
+    """The run reached a model and its answer begins (``lifecycle`` ``start``)."""
+
+    started_at: int
+    #: The model ref that answered (``provider/model``).
+    model: str
+    phase: ClassVar[str | None] = "start"
+
+
+@attrs.frozen
+class TextDelta(_RunEvent):
+    """A piece of the answer (``assistant``); ``text`` is the answer up to and with it."""
+
+    delta: str
+    so_far: TextSoFar = attrs.field(eq=False, repr=False)
+    stream: ClassVar[Stream] = "assistant"
+
+    @property
+    def text(self) -> str:
+        return str(self.so_far)
+
+
+@attrs.frozen
+class RunEnded(_RunEvent):
+    """The run answered (``lifecycle`` ``end``): why the model stopped, what it cost."""
+
+    stop_reason: str
+    usage: Usage
+    phase: ClassVar[str | None] = "end"
+
+
+@attrs.frozen
+class RunFailed(_RunEvent):
+    """The run failed, was cancelled or timed out (``lifecycle`` ``error``)."""
+
+    error: RunError
+    phase: ClassVar[str | None] = "error"
+
+
+#: The events of a run, in order: L{RunStarted}, L{TextDelta}s, then one of L{RunEnded} and
+#: L{RunFailed} (a run that never reached a model has only the L{RunFailed}).
+RunEvent = RunStarted | TextDelta | RunEnded | RunFailed
+#: The last event of every run.
+FINAL_EVENTS = (RunEnded, RunFailed)
+
+
+def to_json(event: RunEvent) -> dict[str, Any]:
+    """The one mapping of a run event to CONTRACT §5.3's ``{runId, seq, ts, sessionKey,
+    stream, data}`` (the WebSocket ``agent`` event's payload)."""
+    data: dict[str, Any]
+    if isinstance(event, TextDelta):
+        data = {"delta": event.delta, "text": event.text}
+    elif isinstance(event, RunStarted):
+        data = {"phase": "start", "startedAt": event.started_at, "model": event.model}
+    elif isinstance(event, RunEnded):
+        data = {"phase": "end", "stopReason": event.stop_reason, "usage": event.usage.to_json()}
+    else:
+        data = {"phase": "error", "error": event.error.to_json()}
+    return {
+        "runId": event.run_id,
+        "seq": event.seq,
+        "ts": event.ts,
+        "sessionKey": event.session_key,
+        "stream": event.stream,
+        "data": data,
+    }
 
 
 @attrs.frozen

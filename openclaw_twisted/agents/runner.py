@@ -28,7 +28,17 @@ from ..providers.interface import (
     Usage,
 )
 from ..providers.registry import Providers
-from .events import RunError, RunEvent, RunRequest, RunResult, Stream, TextSoFar
+from . import events
+from .events import (
+    RunEnded,
+    RunError,
+    RunEvent,
+    RunFailed,
+    RunRequest,
+    RunResult,
+    RunStarted,
+    TextSoFar,
+)
 from .roster import Agent, Roster, system_prompt
 from .roster import UnknownAgent as UnknownAgent  # raised by start(), importable from here
 from .store import ISessionStore
@@ -139,17 +149,20 @@ class Run:
     def _now_ms(self) -> int:
         return int(self._clock.seconds() * 1000)
 
-    def _emit(
-        self, stream: Stream, data: dict[str, Any], so_far: TextSoFar | None = None
-    ) -> RunEvent:
+    def _next_seq(self) -> int:
         self._seq += 1
-        event = RunEvent(
-            self.run_id, self._seq, self._now_ms(), self.session_key, stream, data, so_far
-        )
+        return self._seq
+
+    def _emit(self, event: RunEvent) -> None:
         self._events.put(event)
         if self._observe is not None:
             self._observe(self, event)
-        return event
+
+    def _delta(self, delta: str, so_far: TextSoFar) -> None:
+        # The hot path: one event per model delta, built in place.
+        self._seq += 1
+        ms = int(self._clock.seconds() * 1000)
+        self._emit(events.TextDelta(self.run_id, self._seq, ms, self.session_key, delta, so_far))
 
     def _finish(self, result: RunResult) -> None:
         self.result = result
@@ -251,7 +264,7 @@ class _Streaming:
                     so_far = TextSoFar(self.text, len(self.text))
                 else:
                     so_far = TextSoFar([delta], 1)
-                self.run._emit("assistant", {"delta": delta}, so_far)
+                self.run._delta(delta, so_far)
                 self._room_needed = True
             if self.size >= MAX_ANSWER_CHARS:
                 self.stop = "length"
@@ -391,7 +404,11 @@ class AgentRunner:
             stream = opened
             run._check()
             run.started = True
-            run._emit("lifecycle", {"phase": "start", "startedAt": started_ms, "model": ref})
+            run._emit(
+                RunStarted(
+                    run.run_id, run._next_seq(), run._now_ms(), run.session_key, started_ms, ref
+                )
+            )
             streaming = _Streaming(run, opened, text if keep else None)
             # Not through run._wait: the pump registers what it waits for itself.
             await streaming.start()
@@ -455,9 +472,11 @@ class AgentRunner:
         if run.result is not None:
             return
         if error is None:
-            run._emit("lifecycle", {"phase": "end", "stopReason": stop, "usage": usage.to_json()})
+            run._emit(
+                RunEnded(run.run_id, run._next_seq(), run._now_ms(), run.session_key, stop, usage)
+            )
         else:
-            run._emit("lifecycle", {"phase": "error", "error": error.to_json()})
+            run._emit(RunFailed(run.run_id, run._next_seq(), run._now_ms(), run.session_key, error))
         self.active.pop(run.run_id, None)
         result = RunResult(run.run_id, run.session_key, run.agent.id, text, stop, usage, error)  # type: ignore[arg-type]
         self.log_run_end(run, result)

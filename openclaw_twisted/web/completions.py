@@ -10,7 +10,7 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from twisted.web.server import Request
 
-from ..agents.events import RunError, RunResult
+from ..agents.events import RunError, RunResult, RunStarted
 from ..agents.runner import Run
 from ..auth import LOCKED_OUT, bearer
 from ..limits import TooManyRuns
@@ -110,7 +110,7 @@ class ChatCompletions:
         cast(Request, request).notifyFinish().addErrback(lambda _: run.cancel())
         try:
             first = await run.next_event()
-            if first is None or first.phase != "start":
+            if not isinstance(first, RunStarted):
                 return await self._failed(request, run)
             completion_id = f"chatcmpl-{uuid.uuid4().hex}"
             created = int(self.edge.clock.seconds())

@@ -12,7 +12,7 @@ from twisted.web.server import Request
 from zope.interface import implementer
 
 from .._json import dumps
-from ..agents.events import RunError, RunEvent
+from ..agents.events import RunEnded, RunError, RunEvent, RunFailed, TextDelta
 from ..agents.runner import Run
 from .errors import run_error_reply
 
@@ -142,24 +142,19 @@ class CompletionStream:
         self._pull()
 
     def _write_event(self, event: RunEvent | None) -> None:
-        if event is None:
-            self._end(DONE)
-        elif event.stream == "assistant":
+        if type(event) is TextDelta:
             before, after = self._content_frame
-            text = dumps(event.data["delta"])
-            self._write(before + text + after)
-        elif event.phase == "end":
-            stop = event.data.get("stopReason")
-            out = self._chunk({}, "length" if stop == "length" else "stop")
+            self._write(before + dumps(event.delta) + after)
+        elif event is None:
+            self._end(DONE)
+        elif isinstance(event, RunEnded):
+            out = self._chunk({}, "length" if event.stop_reason == "length" else "stop")
             if self.include_usage:
-                out += frame(
-                    {**self._head(), "choices": [], "usage": usage_json(event.data["usage"])}
-                )
+                usage = usage_json(event.usage.to_json())
+                out += frame({**self._head(), "choices": [], "usage": usage})
             self._end(out + DONE)
-        elif event.phase == "error":
-            err = event.data.get("error") or {}
-            reply = run_error_reply(RunError(err.get("kind", ""), err.get("message", "")))
-            self._end(frame(reply.envelope()) + DONE)
+        elif isinstance(event, RunFailed):
+            self._end(frame(run_error_reply(event.error).envelope()) + DONE)
 
     def _broken(self, failure: Failure) -> None:
         self._waiting = None

@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .._json import dumps
+from ..agents.events import RunEnded, RunEvent, RunFailed, TextDelta
 from ..agents.roster import RouteError
 from ..agents.store import session_key_error
 from ..config import normalize_agent_id
 from ..providers.registry import split_ref
 
 if TYPE_CHECKING:
-    from ..agents.events import RunEvent
     from ..edge import Edge
 
 #: The session a client lands in when it names none (OpenClaw's "main" session per agent).
@@ -177,25 +177,23 @@ def chat_event(event: RunEvent, text_so_far: str) -> dict[str, Any] | None:
         "sessionKey": event.session_key,
         "seq": event.seq,
     }
-    data = event.data
-    if event.stream == "assistant":
+    if isinstance(event, TextDelta):
         message = chat_message("assistant", event.text, event.ts)
-        return {**base, "state": "delta", "delta": data["delta"], "message": message}
-    phase = event.phase
-    if phase == "end":
+        return {**base, "state": "delta", "delta": event.delta, "message": message}
+    if isinstance(event, RunEnded):
         message = chat_message("assistant", text_so_far, event.ts)
         return {
             **base,
             "state": "final",
             "message": message,
-            "stopReason": data.get("stopReason"),
-            "usage": data.get("usage"),
+            "stopReason": event.stop_reason,
+            "usage": event.usage.to_json(),
         }
-    if phase == "error":
-        error = data.get("error") or {}
-        state = "aborted" if error.get("kind") == "aborted" else "error"
-        out = {**base, "state": state, "errorKind": error.get("kind")}
-        out["errorMessage"] = error.get("message")
+    if isinstance(event, RunFailed):
+        kind = event.error.kind
+        state = "aborted" if kind == "aborted" else "error"
+        out = {**base, "state": state, "errorKind": kind}
+        out["errorMessage"] = event.error.message
         if text_so_far:
             out["message"] = chat_message("assistant", text_so_far, event.ts)
         return out

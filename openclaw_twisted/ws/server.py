@@ -23,7 +23,15 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime  # noqa: E402
 from twisted.logger import Logger  # noqa: E402
 
 from .. import _json as strict_json  # noqa: E402
-from ..agents.events import RunError, RunEvent, RunRequest, RunResult  # noqa: E402
+from ..agents.events import (  # noqa: E402
+    FINAL_EVENTS,
+    RunError,
+    RunEvent,
+    RunRequest,
+    RunResult,
+    TextDelta,
+    to_json,
+)
 from ..agents.runner import Run, UnknownAgent  # noqa: E402
 from ..auth import LOCKED_OUT  # noqa: E402
 from ..limits import TooManyRuns  # noqa: E402
@@ -104,18 +112,18 @@ class _Watch:
         self.run_id = run_id
         #: The deltas seen since the run was first watched (the first may be all before it).
         self.parts: list[str] = []
-        self.latest: RunEvent | None = None
+        self.latest: TextDelta | None = None
         #: How many of ``parts`` each observer has been sent.
         self.sent: dict[GatewayWebSocket, int] = {}
         self.flushed_at = float("-inf")
         self.timer: IDelayedCall | None = None
 
-    def add(self, event: RunEvent, keeps_text: bool) -> None:
+    def add(self, event: TextDelta, keeps_text: bool) -> None:
         if self.latest is None and keeps_text:
             # Watched from mid-run: the answer so far, joined once.
             self.parts.append(event.text)
         else:
-            self.parts.append(event.data["delta"])
+            self.parts.append(event.delta)
         self.latest = event
 
 
@@ -528,7 +536,7 @@ class GatewayWebSocket(WebSocketServerProtocol):
                 event = await run.next_event()
                 if event is None:
                     return
-                if failed and event.phase not in ("end", "error"):
+                if failed and not isinstance(event, FINAL_EVENTS):
                     continue
                 try:
                     send(event)
@@ -544,7 +552,7 @@ class GatewayWebSocket(WebSocketServerProtocol):
             self._own.discard(run.run_id)
 
     def _agent_event(self, event: RunEvent) -> None:
-        self.send_event("agent", event.to_json())
+        self.send_event("agent", to_json(event))
 
     async def _agent(self, req_id: str, params: dict[str, Any]) -> dict[str, Any]:
         tracked, fresh = self._start("agent", params)
@@ -582,7 +590,7 @@ class GatewayWebSocket(WebSocketServerProtocol):
         so_far = [""]
 
         def send(event: RunEvent) -> None:
-            if event.stream == "assistant":
+            if isinstance(event, TextDelta):
                 so_far[0] = event.text
             payload = methods.chat_event(event, so_far[0])
             if payload is not None:
@@ -713,7 +721,7 @@ class GatewayWebSocketFactory(WebSocketServerFactory):
         """Every run's events go to every other authenticated client (best effort, bounded)."""
         run_id = run.run_id
         watch = self._watches.get(run_id)
-        if event.stream == "assistant":
+        if isinstance(event, TextDelta):
             if watch is None:
                 if not self._observers(run_id):
                     return
@@ -726,13 +734,13 @@ class GatewayWebSocketFactory(WebSocketServerFactory):
                 else:
                     watch.timer = self.clock.callLater(due, self._flush, watch)
             return
-        if watch is not None and event.phase in ("end", "error"):
+        if watch is not None and isinstance(event, FINAL_EVENTS):
             # Whatever was held back goes out before the end, to every observer.
             self._flush(watch, force=True)
             del self._watches[run_id]
         observers = self._observers(run_id)
         if observers:
-            payload = dumps(event.to_json())
+            payload = dumps(to_json(event))
             for conn in observers:
                 conn.send_encoded_event("agent", payload)
 

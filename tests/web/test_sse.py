@@ -9,7 +9,8 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from openclaw_twisted.agents.events import RunEvent
+from openclaw_twisted.agents.events import RunEnded, RunEvent, RunStarted, TextDelta, TextSoFar
+from openclaw_twisted.providers.interface import Usage
 from openclaw_twisted.web.sse import DONE, CompletionStream, frame
 
 TRICKY = [
@@ -75,17 +76,14 @@ class FakeRun:
         self.cancelled = True
 
 
-def event(seq: int, stream: Any, data: dict[str, Any]) -> RunEvent:
-    return RunEvent("run-1", seq, 0, "agent:main:main", stream, data)
+HEAD = ("run-1", 0, 0, "agent:main:main")
 
 
 class ChunkEncodingTests(SynchronousTestCase):
     def stream(self, model: str, deltas: list[str]) -> bytes:
-        events = [event(0, "lifecycle", {"phase": "start", "model": model})]
-        events += [event(i + 1, "assistant", {"delta": d}) for i, d in enumerate(deltas)]
-        events.append(
-            event(len(deltas) + 1, "lifecycle", {"phase": "end", "stopReason": "stop", "usage": {}})
-        )
+        events: list[RunEvent] = [RunStarted(*HEAD, 0, model)]
+        events += [TextDelta(*HEAD, d, TextSoFar([d], 1)) for d in deltas]
+        events.append(RunEnded(*HEAD, "stop", Usage()))
         request = FakeRequest()
         run = FakeRun(events)
         stream = CompletionStream(
