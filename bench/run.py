@@ -34,6 +34,11 @@ FAST = {"model": "openclaw", "messages": [{"role": "user", "content": "Say hello
 KIB, MIB = 1024, 1024 * 1024
 
 
+def _ratio(a: float, b: float) -> float:
+    """``a / b``: a run that completed nothing (a starved machine) is a MISS, not a crash."""
+    return a / b if b else (float("inf") if a else 0.0)
+
+
 @attrs.frozen
 class Mode:
     """How much load: the full run, ``--quick`` or ``--smoke`` (seconds, for the test suite)."""
@@ -357,16 +362,16 @@ class Bench:
         direct = self.measure("2 direct", [provider], lambda: self.closed_loop(provider, 32))
         proxy = self.measure("2 floor", [provider, floor], lambda: self.closed_loop(floor, 32))
         via = self.measure("2 gateway", [provider, gw], lambda: self.closed_loop(gw, 32))
-        ratio = via["rps"] / proxy["rps"]
+        ratio = _ratio(via["rps"], proxy["rps"])
         self.row(
             "2. req/s, 32 clients, stateless",
             "≥ 50% of floor",
             f"{via['rps']:.0f} req/s, p99 {via['p99']:.1f} ms",
             f"{ratio:.0%} of {proxy['rps']:.0f} (floor p99 {proxy['p99']:.1f} ms); "
-            f"per CPU-s {via['per_cpu'] / proxy['per_cpu']:.0%}",
+            f"per CPU-s {_ratio(via['per_cpu'], proxy['per_cpu']):.0%}",
             ratio >= 0.5 and not via["errors"],
         )
-        headroom = direct["rps"] / via["rps"]
+        headroom = _ratio(direct["rps"], via["rps"])
         self.row(
             "   load generator ceiling (direct)",
             "≥ 3x gateway",
@@ -387,12 +392,12 @@ class Bench:
                 self.profile_closed_loop(gw, "3", user="client")
         finally:
             gw.stop()
-        ratio = via["rps"] / stateless["rps"]
+        ratio = _ratio(via["rps"], stateless["rps"])
         self.row(
             "3. req/s, 32 clients, with sessions",
             "≥ 50% of 2.",
             f"{via['rps']:.0f} req/s, p99 {via['p99']:.1f} ms",
-            f"{ratio:.0%}; per CPU-s {via['per_cpu'] / stateless['per_cpu']:.0%}",
+            f"{ratio:.0%}; per CPU-s {_ratio(via['per_cpu'], stateless['per_cpu']):.0%}",
             ratio >= 0.5 and not via["errors"],
         )
         self.check_errors("3", via)
