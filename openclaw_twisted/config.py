@@ -1,16 +1,23 @@
-"""The OpenClaw config file (JSON5) turned into typed, validated attrs values."""
+"""The OpenClaw config file (JSON5) turned into typed attrs values that validate themselves."""
 
 from __future__ import annotations
 
 import ipaddress
+import json
+import math
 import os
 import re
-from collections.abc import Mapping
+import types
+import typing
+from collections.abc import Callable, Mapping
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, ClassVar, Literal, TypeVar, cast
 
 import attrs
 import json5
+from attrs import AttrsInstance
+from attrs.validators import deep_iterable, instance_of, optional
 
 DEFAULT_PORT = 18789
 MiB = 1024 * 1024
@@ -27,20 +34,251 @@ class ConfigError(Exception):
     """The config cannot be used; the message names the key and the problem, on one line."""
 
 
+# ---------------------------------------------------------------------------------------
+# Validators: each config class checks its own fields, so ``Config(...)``, ``attrs.evolve``
+# and ``parse_config`` refuse the same values with the same message.  Every class says where
+# it lives in the file (``KEY_PATH``) and every field's key is its name in camelCase unless
+# ``metadata["key"]`` says otherwise (a dotted path below the class, or None: not in the file).
+
+
+def _key(field: attrs.Attribute[Any]) -> str | None:
+    """The field's key in the config file, relative to its class's ``KEY_PATH``."""
+    if "key" in field.metadata:
+        return cast("str | None", field.metadata["key"])
+    head, *rest = field.name.split("_")
+    return head + "".join(word[:1].upper() + word[1:] for word in rest)
+
+
+class _Invalid(ConfigError):
+    """A value a config class refuses; ``key`` is relative to where the class lives."""
+
+    def __init__(self, owner: object, key: str, problem: str) -> None:
+        self.key = key
+        self.problem = problem
+        where = cast(str, getattr(owner, "KEY_PATH", "")).format(self=owner)
+        super().__init__(f"{where}.{key}: {problem}" if where else f"{key}: {problem}")
+
+
+@attrs.frozen
+class _Rule:
+    """An attrs validator: ``problem(value)`` says what is wrong with a value, or None."""
+
+    problem: Callable[[Any], str | None]
+
+    def __call__(self, owner: object, field: attrs.Attribute[Any], value: object) -> None:
+        problem = self.problem(value)
+        if problem is not None:
+            raise _Invalid(owner, _key(field) or field.name, problem)
+
+
+def _shown(value: object) -> str:
+    """A value as the config file spells it (JSON5), cut short."""
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return "NaN" if math.isnan(value) else ("-" if value < 0 else "") + "Infinity"
+        if value.is_integer():  # JSON has one kind of number: -1, not -1.0
+            return str(int(value))
+    text = json.dumps(value, ensure_ascii=False, default=repr)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _integer(lo: int = 0, hi: int | None = None, what: str = "an integer") -> _Rule:
+    bound = f"from {lo} to {hi}" if hi is not None else f"≥ {lo}"
+
+    def problem(value: object) -> str | None:
+        if _is_int(value) and lo <= cast(int, value) and (hi is None or cast(int, value) <= hi):
+            return None
+        return f"expected {what} {bound}, got {_shown(value)}"
+
+    return _Rule(problem)
+
+
+def _number(lo: float = 0.0) -> _Rule:
+    def problem(value: object) -> str | None:
+        number = _is_int(value) or isinstance(value, float)
+        if number and math.isfinite(cast(float, value)) and cast(float, value) >= lo:
+            return None
+        return f"expected a number ≥ {lo:g}, got {_shown(value)}"
+
+    return _Rule(problem)
+
+
+def _flag_problem(value: object) -> str | None:
+    return None if isinstance(value, bool) else f"expected true or false, got {_shown(value)}"
+
+
+_FLAG = _Rule(_flag_problem)
+_PORT = _integer(0, 65535, "a port number")
+
+
+def _text(what: str = "a string", *, blank: bool = True) -> _Rule:
+    def problem(value: object) -> str | None:
+        if isinstance(value, str) and (blank or value.strip()):
+            return None
+        return f"expected {what}, got {_shown(value)}"
+
+    return _Rule(problem)
+
+
+def _one_of(*choices: str) -> _Rule:
+    spelled = [json.dumps(c) for c in choices]
+    alternatives = ", ".join(spelled[:-1]) + " or " + spelled[-1]
+
+    def problem(value: object) -> str | None:
+        return None if value in choices else f"expected {alternatives}, got {_shown(value)}"
+
+    return _Rule(problem)
+
+
+def _strings(each: Callable[[str], str | None] | None = None) -> _Rule:
+    """An array of strings; ``each`` may refuse one of them."""
+
+    def problem(value: object) -> str | None:
+        if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
+            return f"expected an array of strings, got {_shown(value)}"
+        return next((p for v in value if each and (p := each(v))), None)
+
+    return _Rule(problem)
+
+
+def _headers_problem(value: object) -> str | None:
+    pairs = isinstance(value, tuple) and all(
+        isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str) for p in value
+    )
+    if pairs and all(isinstance(v, str) for _, v in cast(tuple[tuple[str, object], ...], value)):
+        return None
+    shown = dict(cast(tuple[tuple[str, object], ...], value)) if pairs else value
+    return f"expected an object of strings, got {_shown(shown)}"
+
+
+def _origin_problem(origin: str) -> str | None:
+    if origin in ("*", "null") or re.fullmatch(r"[a-z][a-z0-9+.-]*://[^/?#\s@]+", origin):
+        return None
+    return f"{_shown(origin)} is not an origin (write it as scheme://host[:port])"
+
+
+def _host_problem(host: str) -> str | None:
+    if host == "*" or re.fullmatch(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*", host) or _is_ipv6(host):
+        return None
+    return f"{_shown(host)} is not a host name (no scheme, path or port)"
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+# Converters put values in the form the gateway compares them in.  A value from a file may be
+# anything: what is not of the expected shape passes through for the validator to name.
+
+
+def _is(value: object, kind: type) -> bool:
+    return isinstance(value, kind)
+
+
+def _each(values: tuple[str, ...], fix: Callable[[str], str]) -> tuple[str, ...]:
+    if not _is(values, tuple):
+        return values
+    return tuple(fix(v) if _is(v, str) else v for v in values)
+
+
+def _origins(values: tuple[str, ...]) -> tuple[str, ...]:
+    """Trimmed, lower-cased, no trailing ``/``."""
+    return _each(values, lambda o: o.strip().lower().rstrip("/"))
+
+
+def _host(host: str) -> str:
+    h = host.strip().lower().rstrip(".")
+    return h[1:-1] if h.startswith("[") and h.endswith("]") else h
+
+
+def _hosts(values: tuple[str, ...]) -> tuple[str, ...]:
+    """Trimmed, lower-cased, no trailing dot, IPv6 without brackets."""
+    return _each(values, _host)
+
+
+def _mimes(values: tuple[str, ...]) -> tuple[str, ...]:
+    """Lower-cased; an empty list means the default ones."""
+    fixed = _each(values, str.lower)
+    return DEFAULT_IMAGE_MIMES if fixed == () else fixed
+
+
+def _base_url(value: str) -> str:
+    return value.rstrip("/") if _is(value, str) else value
+
+
+def _agent_id(value: str) -> str:
+    return normalize_agent_id(value) if _is(value, str) and value.strip() else value
+
+
+def _zero_is_unset(value: int | None) -> int | None:
+    return None if _is_int(value) and value == 0 else value
+
+
+def normalize_agent_id(raw: str) -> str:
+    """OpenClaw's agent id rule: lowercase, other runs to ``-``, trimmed, <= 64, else ``main``."""
+    s = re.sub(r"[^a-z0-9_-]+", "-", raw.strip().lower()).strip("-")[:64].strip("-")
+    return s or "main"
+
+
+# Secrets never show in ``repr``/``str``: whether one is set does.
+
+
+def _secret_repr(value: object) -> str:
+    return "None" if value is None else "'***'"
+
+
+_CREDENTIAL_HEADER = re.compile(r"auth|key|token|secret|passw|cookie|signature", re.IGNORECASE)
+
+
+def _headers_repr(headers: tuple[tuple[str, str], ...]) -> str:
+    return repr(tuple((k, "***" if _CREDENTIAL_HEADER.search(k) else v) for k, v in headers))
+
+
+# ---------------------------------------------------------------------------------------
+# The values
+
+
 @attrs.frozen
 class RateLimitConfig:
-    max_attempts: int = 10
-    window_ms: int = 60_000
-    lockout_ms: int = 300_000
-    exempt_loopback: bool = True
+    """``gateway.auth.rateLimit``: failed auth attempts allowed per client before a lockout."""
+
+    KEY_PATH: ClassVar[str] = "gateway.auth.rateLimit"
+
+    max_attempts: int = attrs.field(default=10, validator=_integer(1))
+    window_ms: int = attrs.field(default=60_000, validator=_integer(1))
+    lockout_ms: int = attrs.field(default=300_000, validator=_integer(0))
+    exempt_loopback: bool = attrs.field(default=True, validator=_FLAG)
 
 
 @attrs.frozen
 class AuthConfig:
-    mode: AuthMode = "token"
-    token: str | None = None
-    password: str | None = None
-    rate_limit: RateLimitConfig | None = None
+    """``gateway.auth``: what a client must present."""
+
+    KEY_PATH: ClassVar[str] = "gateway.auth"
+
+    mode: AuthMode = attrs.field(default="token", validator=_one_of("none", "token", "password"))
+    token: str | None = attrs.field(default=None, validator=optional(_text()), repr=_secret_repr)
+    password: str | None = attrs.field(default=None, validator=optional(_text()), repr=_secret_repr)
+    rate_limit: RateLimitConfig | None = attrs.field(
+        default=None, validator=optional(instance_of(RateLimitConfig))
+    )
+
+    @password.validator
+    def _password_needed(self, field: attrs.Attribute[str | None], value: str | None) -> None:
+        if self.mode == "password" and not value:
+            raise _Invalid(
+                self,
+                "password",
+                "password mode needs a password (set it here or in OPENCLAW_GATEWAY_PASSWORD)",
+            )
 
     @property
     def secret(self) -> str | None:
@@ -54,54 +292,86 @@ class AuthConfig:
 
 @attrs.frozen
 class ImagesConfig:
-    allow_url: bool = False
-    allowed_mimes: tuple[str, ...] = DEFAULT_IMAGE_MIMES
-    max_bytes: int = 10 * MiB
+    """``gateway.http.endpoints.chatCompletions.images``: image parts in chat messages."""
+
+    KEY_PATH: ClassVar[str] = "gateway.http.endpoints.chatCompletions.images"
+
+    allow_url: bool = attrs.field(default=False, validator=_FLAG)
+    allowed_mimes: tuple[str, ...] = attrs.field(
+        default=DEFAULT_IMAGE_MIMES, converter=_mimes, validator=_strings()
+    )
+    max_bytes: int = attrs.field(default=10 * MiB, validator=_integer(1))
 
 
 @attrs.frozen
 class ChatCompletionsConfig:
-    enabled: bool = False
-    max_body_bytes: int = 20 * MiB
-    max_image_parts: int = 8
-    max_total_image_bytes: int = 20 * MiB
-    heartbeat_seconds: float = 15.0
-    images: ImagesConfig = ImagesConfig()
+    """``gateway.http.endpoints.chatCompletions``: the OpenAI-compatible endpoint."""
+
+    KEY_PATH: ClassVar[str] = "gateway.http.endpoints.chatCompletions"
+
+    enabled: bool = attrs.field(default=False, validator=_FLAG)
+    max_body_bytes: int = attrs.field(default=20 * MiB, validator=_integer(1))
+    max_image_parts: int = attrs.field(default=8, validator=_integer(0))
+    max_total_image_bytes: int = attrs.field(default=20 * MiB, validator=_integer(0))
+    heartbeat_seconds: float = attrs.field(default=15.0, validator=_number(0))
+    images: ImagesConfig = attrs.field(default=ImagesConfig(), validator=instance_of(ImagesConfig))
 
 
 @attrs.frozen
 class LimitsConfig:
     """``gateway.limits``: what one client, and all of them together, may make the gateway do."""
 
+    KEY_PATH: ClassVar[str] = "gateway.limits"
+
     #: Runs one WebSocket connection may have in flight.
-    max_runs_per_connection: int = 16
+    max_runs_per_connection: int = attrs.field(default=16, validator=_integer(1))
     #: Runs one client address may have in flight, over all its connections and HTTP requests.
-    max_runs_per_client: int = 128
+    max_runs_per_client: int = attrs.field(default=128, validator=_integer(1))
     #: Model provider requests in flight at once, gateway-wide (each holds a connection).
-    max_upstream_connections: int = 512
+    max_upstream_connections: int = attrs.field(default=512, validator=_integer(1))
     #: Runs that may wait for one of those; past it a run is refused at once.
-    max_upstream_waiting: int = 1024
+    max_upstream_waiting: int = attrs.field(default=1024, validator=_integer(0))
     #: How long a run may wait for a provider connection before it fails.
-    upstream_wait_ms: int = 30_000
+    upstream_wait_ms: int = attrs.field(default=30_000, validator=_integer(1))
     #: The listening socket's accept queue (the kernel caps it at net.core.somaxconn).
-    listen_backlog: int = 1024
+    listen_backlog: int = attrs.field(default=1024, validator=_integer(1, 65535))
 
 
 @attrs.frozen
 class GatewayConfig:
-    port: int = DEFAULT_PORT
-    bind: BindMode = "loopback"
-    custom_bind_host: str | None = None
-    trusted_proxies: tuple[str, ...] = ()
-    auth: AuthConfig = AuthConfig()
-    chat_completions: ChatCompletionsConfig = ChatCompletionsConfig()
+    """``gateway``: where it listens, who may connect, what it serves."""
+
+    KEY_PATH: ClassVar[str] = "gateway"
+
+    port: int = attrs.field(default=DEFAULT_PORT, validator=_PORT)
+    bind: BindMode = attrs.field(default="loopback", validator=_one_of("loopback", "lan", "custom"))
+    custom_bind_host: str | None = attrs.field(default=None, validator=optional(_text()))
+    trusted_proxies: tuple[str, ...] = attrs.field(default=(), validator=_strings())
+    auth: AuthConfig = attrs.field(default=AuthConfig(), validator=instance_of(AuthConfig))
+    chat_completions: ChatCompletionsConfig = attrs.field(
+        default=ChatCompletionsConfig(),
+        validator=instance_of(ChatCompletionsConfig),
+        metadata={"key": "http.endpoints.chatCompletions"},
+    )
     #: ``gateway.controlUi.allowedOrigins``: browser origins allowed to open a WebSocket
     #: besides the gateway's own (``*`` = any).
-    allowed_origins: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = attrs.field(
+        default=(),
+        converter=_origins,
+        validator=_strings(_origin_problem),
+        metadata={"key": "controlUi.allowedOrigins"},
+    )
     #: ``gateway.allowedHosts``: ``Host`` names served on a loopback connection besides
     #: ``localhost`` and loopback addresses (``*`` = any).
-    allowed_hosts: tuple[str, ...] = ()
-    limits: LimitsConfig = LimitsConfig()
+    allowed_hosts: tuple[str, ...] = attrs.field(
+        default=(), converter=_hosts, validator=_strings(_host_problem)
+    )
+    limits: LimitsConfig = attrs.field(default=LimitsConfig(), validator=instance_of(LimitsConfig))
+
+    @custom_bind_host.validator
+    def _custom_host_needed(self, field: attrs.Attribute[str | None], value: str | None) -> None:
+        if self.bind == "custom" and not value:
+            raise _Invalid(self, "customBindHost", 'required when gateway.bind is "custom"')
 
     @property
     def bind_host(self) -> str:
@@ -116,8 +386,13 @@ class GatewayConfig:
 class ModelChoice:
     """A primary model ref (``provider/model``) and the fallbacks tried in order."""
 
-    primary: str
-    fallbacks: tuple[str, ...] = ()
+    KEY_PATH: ClassVar[str] = "agents.*.model"
+
+    primary: str = attrs.field(
+        validator=_text('a model ref like "provider/model"', blank=False),
+        metadata={"missing": 'a model ref like "provider/model" is required'},
+    )
+    fallbacks: tuple[str, ...] = attrs.field(default=(), validator=_strings())
 
     @property
     def refs(self) -> tuple[str, ...]:
@@ -126,56 +401,132 @@ class ModelChoice:
 
 @attrs.frozen
 class AgentDefaults:
-    model: ModelChoice | None = None
-    workspace: str | None = None
-    timeout_seconds: float = 600.0
-    history_limit: int = 50
+    """``agents.defaults``: what every agent uses unless its entry says otherwise."""
+
+    KEY_PATH: ClassVar[str] = "agents.defaults"
+
+    model: ModelChoice | None = attrs.field(
+        default=None, validator=optional(instance_of(ModelChoice))
+    )
+    workspace: str | None = attrs.field(default=None, validator=optional(_text()))
+    timeout_seconds: float = attrs.field(default=600.0, validator=_number(0))
+    history_limit: int = attrs.field(default=50, validator=_integer(0))
 
 
 @attrs.frozen
 class AgentConfig:
     """One ``agents.list`` entry; ``None`` fields fall back to ``agents.defaults``."""
 
-    id: str
-    default: bool = False
-    name: str | None = None
-    model: ModelChoice | None = None
-    workspace: str | None = None
+    KEY_PATH: ClassVar[str] = "agents.list[]"
+
+    #: Normalised by OpenClaw's rule (:func:`normalize_agent_id`).
+    id: str = attrs.field(
+        converter=_agent_id,
+        validator=_text("a non-empty string", blank=False),
+        metadata={"missing": "every agent needs an id"},
+    )
+    default: bool = attrs.field(default=False, validator=_FLAG)
+    name: str | None = attrs.field(default=None, validator=optional(_text()))
+    model: ModelChoice | None = attrs.field(
+        default=None, validator=optional(instance_of(ModelChoice))
+    )
+    workspace: str | None = attrs.field(default=None, validator=optional(_text()))
 
 
 @attrs.frozen
 class ProviderModel:
-    id: str
-    name: str | None = None
-    context_window: int | None = None
-    max_tokens: int | None = None
+    """One ``models.providers.<name>.models`` entry."""
+
+    KEY_PATH: ClassVar[str] = "models.providers.*.models[]"
+
+    id: str = attrs.field(
+        validator=_text("a non-empty string", blank=False),
+        metadata={"missing": "every model needs an id"},
+    )
+    name: str | None = attrs.field(default=None, validator=optional(_text()))
+    #: 0 in the file means not set.
+    context_window: int | None = attrs.field(
+        default=None, converter=_zero_is_unset, validator=optional(_integer(0))
+    )
+    max_tokens: int | None = attrs.field(
+        default=None, converter=_zero_is_unset, validator=optional(_integer(0))
+    )
 
 
 @attrs.frozen
 class ProviderConfig:
-    name: str
-    api: ProviderApi
-    base_url: str = ""
-    api_key: str | None = None
-    headers: tuple[tuple[str, str], ...] = ()
-    models: tuple[ProviderModel, ...] = ()
+    """One ``models.providers`` entry, named by its key."""
+
+    KEY_PATH: ClassVar[str] = "models.providers.{self.name}"
+
+    name: str = attrs.field(
+        validator=_text("a non-empty string", blank=False), metadata={"key": None}
+    )
+    api: ProviderApi = attrs.field(default="openai-completions", validator=_one_of(*SUPPORTED_APIS))
+    #: Without its trailing ``/``; required except for ``echo``.
+    base_url: str = attrs.field(default="", converter=_base_url, validator=_text())
+    api_key: str | None = attrs.field(default=None, validator=optional(_text()), repr=_secret_repr)
+    #: Sent with every request; values of credential-looking names are masked in ``repr``.
+    headers: tuple[tuple[str, str], ...] = attrs.field(
+        default=(), validator=_Rule(_headers_problem), repr=_headers_repr
+    )
+    models: tuple[ProviderModel, ...] = attrs.field(
+        default=(), validator=deep_iterable(instance_of(ProviderModel), instance_of(tuple))
+    )
+
+    @base_url.validator
+    def _base_url_needed(self, field: attrs.Attribute[str], value: str) -> None:
+        if self.api != "echo" and not value:
+            raise _Invalid(self, "baseUrl", f"required for api {json.dumps(self.api)}")
+
+
+def _unique_ids(
+    owner: Config, field: attrs.Attribute[Any], agents: tuple[AgentConfig, ...]
+) -> None:
+    seen: set[str] = set()
+    for i, agent in enumerate(agents):
+        if agent.id in seen:
+            raise _Invalid(
+                owner, f"agents.list[{i}].id", f"duplicate agent id {json.dumps(agent.id)}"
+            )
+        seen.add(agent.id)
 
 
 @attrs.frozen
 class Config:
     """Everything the gateway reads from ``openclaw.json``, with OpenClaw's defaults."""
 
-    state_dir: str = attrs.field(factory=lambda: str(Path.home() / ".openclaw"))
-    gateway: GatewayConfig = GatewayConfig()
-    agent_defaults: AgentDefaults = AgentDefaults()
-    agents: tuple[AgentConfig, ...] = ()
-    providers: tuple[ProviderConfig, ...] = ()
-    persist_ephemeral: bool = False
-    source: str | None = None
-    ignored: tuple[str, ...] = ()
-    notes: tuple[str, ...] = ()
+    KEY_PATH: ClassVar[str] = ""
+
+    state_dir: str = attrs.field(
+        factory=lambda: str(Path.home() / ".openclaw"), validator=_text(), metadata={"key": None}
+    )
+    gateway: GatewayConfig = attrs.field(
+        default=GatewayConfig(), validator=instance_of(GatewayConfig)
+    )
+    agent_defaults: AgentDefaults = attrs.field(
+        default=AgentDefaults(),
+        validator=instance_of(AgentDefaults),
+        metadata={"key": "agents.defaults"},
+    )
+    agents: tuple[AgentConfig, ...] = attrs.field(
+        default=(),
+        validator=[deep_iterable(instance_of(AgentConfig), instance_of(tuple)), _unique_ids],
+        metadata={"key": "agents.list"},
+    )
+    providers: tuple[ProviderConfig, ...] = attrs.field(
+        default=(),
+        validator=deep_iterable(instance_of(ProviderConfig), instance_of(tuple)),
+        metadata={"key": "models.providers"},
+    )
+    persist_ephemeral: bool = attrs.field(
+        default=False, validator=_FLAG, metadata={"key": "session.persistEphemeral"}
+    )
+    source: str | None = attrs.field(default=None, metadata={"key": None})
+    ignored: tuple[str, ...] = attrs.field(default=(), metadata={"key": None})
+    notes: tuple[str, ...] = attrs.field(default=(), metadata={"key": None})
     #: Ignored keys one edit away from a key read at the same place: (ignored, known).
-    near_misses: tuple[tuple[str, str], ...] = ()
+    near_misses: tuple[tuple[str, str], ...] = attrs.field(default=(), metadata={"key": None})
 
     @property
     def chat_completions(self) -> ChatCompletionsConfig:
@@ -183,6 +534,23 @@ class Config:
 
     def provider(self, name: str) -> ProviderConfig | None:
         return next((p for p in self.providers if p.name == name), None)
+
+
+for _cls in (
+    RateLimitConfig,
+    AuthConfig,
+    ImagesConfig,
+    ChatCompletionsConfig,
+    LimitsConfig,
+    GatewayConfig,
+    ModelChoice,
+    AgentDefaults,
+    AgentConfig,
+    ProviderModel,
+    ProviderConfig,
+    Config,
+):
+    attrs.resolve_types(_cls)
 
 
 # ---------------------------------------------------------------------------------------
@@ -257,7 +625,7 @@ def load_config(
 
 
 # ---------------------------------------------------------------------------------------
-# Validation: each reader takes the raw value and its dotted path, and names it on error.
+# Reading: the file's objects walked key by key; the classes above judge the values.
 
 
 class _Keys:
@@ -345,75 +713,105 @@ def _kind(value: Any) -> str:
     )
 
 
-def _bool(value: Any, path: str, default: bool) -> bool:
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        raise ConfigError(f"{path}: expected true or false, got {value!r}")
+C = TypeVar("C", bound=AttrsInstance)
+_Shape = Literal["one", "maybe", "many", "value"]
+
+
+def _shape(hint: object) -> tuple[_Shape, type[AttrsInstance] | None]:
+    """Whether a field holds a config class, an optional one, a tuple of them, or a value."""
+
+    def config_class(t: object) -> type[AttrsInstance] | None:
+        return t if isinstance(t, type) and attrs.has(t) else None
+
+    if (one := config_class(hint)) is not None:
+        return "one", one
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        rest = [a for a in args if a is not type(None)]
+        if len(rest) == 1 and (maybe := config_class(rest[0])) is not None:
+            return "maybe", maybe
+    homogeneous = origin is tuple and len(args) == 2 and args[1] is Ellipsis
+    if homogeneous and (many := config_class(args[0])) is not None:
+        return "many", many
+    return "value", None
+
+
+def _from_json(value: Any, hint: object) -> object:
+    """A JSON value in the field's Python form: arrays as tuples, objects as (key, value)
+    pairs, whole numbers as ``int`` where one is wanted, integers as ``float`` likewise."""
+    options = typing.get_args(hint) if typing.get_origin(hint) is types.UnionType else (hint,)
+    tuples = [o for o in options if typing.get_origin(o) is tuple]
+    if isinstance(value, list) and tuples:
+        return tuple(value)
+    if isinstance(value, dict) and any(
+        typing.get_origin(typing.get_args(t)[0]) is tuple for t in tuples
+    ):
+        return tuple(value.items())
+    if isinstance(value, float) and int in options and value.is_integer():
+        return int(value)
+    if _is_int(value) and float in options and int not in options:
+        return float(value)
     return value
 
 
-def _int(value: Any, path: str, default: int, lo: int = 0, hi: int | None = None) -> int:
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
-        raise ConfigError(f"{path}: expected a whole number, got {value!r}")
-    n = int(value)
-    if n < lo or (hi is not None and n > hi):
-        bound = f"{lo}..{hi}" if hi is not None else f">= {lo}"
-        raise ConfigError(f"{path}: expected a number in {bound}, got {n}")
-    return n
+def _gather(cls: type[C], k: _Keys, given: Mapping[str, object]) -> dict[str, object]:
+    """The constructor arguments for ``cls`` from the object ``k``: each field from its key
+    (config classes read in turn), absent keys left to the class's default, ``given`` as is."""
+    kwargs = dict(given)
+    with ExitStack() as stack:
+        parents: dict[str, _Keys] = {}
+        for field in attrs.fields(cls):
+            key = _key(field)
+            if key is None or field.name in given:
+                continue
+            *path, last = key.split(".")
+            here = k
+            for i, part in enumerate(path):
+                prefix = ".".join(path[: i + 1])
+                if prefix not in parents:
+                    parents[prefix] = stack.enter_context(here.obj(part))
+                here = parents[prefix]
+            raw = here.get(last)
+            shape, inner = _shape(field.type)
+            if inner is not None and (shape == "one" or (shape == "maybe" and raw is not None)):
+                if inner is ModelChoice and isinstance(raw, str):
+                    kwargs[field.name] = _model_ref(raw, here.at(last))
+                else:
+                    kwargs[field.name] = _read(inner, here.obj(last))
+            elif inner is not None and shape == "many" and raw is not None:
+                if not isinstance(raw, list):
+                    raise ConfigError(f"{here.at(last)}: expected an array, got {_kind(raw)}")
+                kwargs[field.name] = tuple(
+                    _read(inner, _Keys(entry, f"{here.at(last)}[{i}]", here.ignored))
+                    for i, entry in enumerate(raw)
+                )
+            elif raw is not None:
+                kwargs[field.name] = _from_json(raw, field.type)
+            elif field.default is attrs.NOTHING:
+                raise ConfigError(f"{here.at(last)}: {field.metadata.get('missing', 'required')}")
+    return kwargs
 
 
-def _num(value: Any, path: str, default: float, lo: float = 0.0) -> float:
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < lo:
-        raise ConfigError(f"{path}: expected a number >= {lo:g}, got {value!r}")
-    return float(value)
+def _build(cls: type[C], path: str, kwargs: Mapping[str, object]) -> C:
+    """``cls(**kwargs)``, its refusal re-worded to name the key where it actually is."""
+    try:
+        return cast(Callable[..., C], cls)(**kwargs)
+    except _Invalid as e:
+        raise ConfigError(f"{path}.{e.key}: {e.problem}" if path else str(e)) from None
 
 
-def _str(value: Any, path: str, *, allow_empty: bool = True) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or (not allow_empty and not value.strip()):
-        raise ConfigError(f"{path}: expected a non-empty string, got {value!r}")
-    return value
+def _read(cls: type[C], k: _Keys) -> C:
+    with k:
+        kwargs = _gather(cls, k, {})
+    return _build(cls, k.path, kwargs)
 
 
-def _strs(value: Any, path: str) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ConfigError(f"{path}: expected an array of strings, got {value!r}")
-    return tuple(value)
-
-
-def _port(value: Any, path: str) -> int:
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value.strip())
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
-        raise ConfigError(f"{path}: expected a port number 0..65535, got {value!r}")
-    return value
-
-
-def _model_choice(value: Any, path: str, ignored: list[str]) -> ModelChoice | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return ModelChoice(_str(value, path, allow_empty=False) or "")
-    with _Keys(value, path, ignored) as k:
-        primary = _str(k.get("primary"), k.at("primary"), allow_empty=False)
-        fallbacks = _strs(k.get("fallbacks"), k.at("fallbacks"))
-    if primary is None:
-        raise ConfigError(f"{path}.primary: a model ref like 'provider/model' is required")
-    return ModelChoice(primary, fallbacks)
-
-
-def normalize_agent_id(raw: str) -> str:
-    """OpenClaw's agent id rule: lowercase, other runs to ``-``, trimmed, <= 64, else ``main``."""
-    s = re.sub(r"[^a-z0-9_-]+", "-", raw.strip().lower()).strip("-")[:64].strip("-")
-    return s or "main"
+def _model_ref(ref: str, path: str) -> ModelChoice:
+    """The short form of a model choice: just the primary ref."""
+    try:
+        return ModelChoice(ref)
+    except _Invalid as e:
+        raise ConfigError(f"{path}: {e.problem}") from None
 
 
 def parse_config(data: Any, environ: Mapping[str, str], source: str | None = None) -> Config:
@@ -423,211 +821,56 @@ def parse_config(data: Any, environ: Mapping[str, str], source: str | None = Non
     notes: list[str] = []
     with _Keys(data, "", ignored) as root:
         gateway = _gateway(root.obj("gateway"), environ)
-        defaults, agents = _agents(root.obj("agents"), ignored)
         with root.obj("models") as models:
-            providers = _providers(models.obj("providers"), ignored, notes)
+            providers = _providers(models.obj("providers"), notes)
             configured = models.value.get("providers")
             named = set(configured) if isinstance(configured, dict) else set()
             providers += _implicit_providers(named, environ, notes)
-        with root.obj("session") as session:
-            persist = _bool(session.get("persistEphemeral"), session.at("persistEphemeral"), False)
-    return Config(
-        state_dir=state_dir(environ),
-        gateway=gateway,
-        agent_defaults=defaults,
-        agents=agents,
-        providers=providers,
-        persist_ephemeral=persist,
-        source=source,
-        ignored=tuple(ignored),
-        notes=tuple(notes),
-        near_misses=tuple(ignored.near),
+        read = _gather(Config, root, {"gateway": gateway, "providers": providers})
+    return _build(
+        Config,
+        "",
+        {
+            **read,
+            "state_dir": state_dir(environ),
+            "source": source,
+            "ignored": tuple(ignored),
+            "notes": tuple(notes),
+            "near_misses": tuple(ignored.near),
+        },
     )
 
 
 def _gateway(g: _Keys, environ: Mapping[str, str]) -> GatewayConfig:
     with g:
-        port = _port(g.get("port"), g.at("port")) if g.get("port") is not None else DEFAULT_PORT
-        env_port = environ.get("OPENCLAW_GATEWAY_PORT", "").strip()
-        if env_port:
-            port = _port(env_port, "OPENCLAW_GATEWAY_PORT")
-        bind = g.get("bind") or "loopback"
-        if bind not in ("loopback", "lan", "custom"):
-            raise ConfigError(
-                f"{g.at('bind')}: expected 'loopback', 'lan' or 'custom', got {bind!r}"
-            )
-        custom = _str(g.get("customBindHost"), g.at("customBindHost"))
-        if bind == "custom" and not custom:
-            raise ConfigError(f"{g.at('customBindHost')}: required when gateway.bind is 'custom'")
-        proxies = _strs(g.get("trustedProxies"), g.at("trustedProxies"))
-        auth = _auth(g.obj("auth"), environ)
-        with g.obj("http") as http, http.obj("endpoints") as endpoints:
-            chat = _chat_completions(endpoints.obj("chatCompletions"))
-        with g.obj("controlUi") as ui:
-            origins = _origins(ui.get("allowedOrigins"), ui.at("allowedOrigins"))
-        hosts = _hosts(g.get("allowedHosts"), g.at("allowedHosts"))
-        limits = _limits(g.obj("limits"))
-    return GatewayConfig(
-        port,
-        cast(BindMode, bind),
-        custom,
-        proxies,
-        auth,
-        chat,
-        allowed_origins=origins,
-        allowed_hosts=hosts,
-        limits=limits,
-    )
-
-
-def _origins(value: Any, path: str) -> tuple[str, ...]:
-    """Full origins (``scheme://host[:port]``), ``null`` or ``*``; lower-cased."""
-    out = []
-    for origin in _strs(value, path):
-        o = origin.strip().lower().rstrip("/")
-        if o not in ("*", "null") and not re.fullmatch(r"[a-z][a-z0-9+.-]*://[^/?#\s@]+", o):
-            raise ConfigError(
-                f"{path}: {origin!r} is not an origin (write it as scheme://host[:port])"
-            )
-        out.append(o)
-    return tuple(out)
-
-
-def _hosts(value: Any, path: str) -> tuple[str, ...]:
-    """Host names or IP addresses (no scheme, no port), or ``*``; lower-cased."""
-    out = []
-    for host in _strs(value, path):
-        h = host.strip().lower().rstrip(".")
-        if h.startswith("[") and h.endswith("]"):
-            h = h[1:-1]
-        if not (h == "*" or re.fullmatch(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*", h) or _is_ipv6(h)):
-            raise ConfigError(f"{path}: {host!r} is not a host name (no scheme, path or port)")
-        out.append(h)
-    return tuple(out)
-
-
-def _is_ipv6(text: str) -> bool:
-    try:
-        ipaddress.IPv6Address(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _limits(k: _Keys) -> LimitsConfig:
-    d = LimitsConfig()
-    with k:
-        return LimitsConfig(
-            max_runs_per_connection=_int(
-                k.get("maxRunsPerConnection"),
-                k.at("maxRunsPerConnection"),
-                d.max_runs_per_connection,
-                lo=1,
-            ),
-            max_runs_per_client=_int(
-                k.get("maxRunsPerClient"), k.at("maxRunsPerClient"), d.max_runs_per_client, lo=1
-            ),
-            max_upstream_connections=_int(
-                k.get("maxUpstreamConnections"),
-                k.at("maxUpstreamConnections"),
-                d.max_upstream_connections,
-                lo=1,
-            ),
-            max_upstream_waiting=_int(
-                k.get("maxUpstreamWaiting"), k.at("maxUpstreamWaiting"), d.max_upstream_waiting
-            ),
-            upstream_wait_ms=_int(
-                k.get("upstreamWaitMs"), k.at("upstreamWaitMs"), d.upstream_wait_ms, lo=1
-            ),
-            listen_backlog=_int(
-                k.get("listenBacklog"), k.at("listenBacklog"), d.listen_backlog, lo=1, hi=65535
-            ),
-        )
+        given: dict[str, object] = {"auth": _auth(g.obj("auth"), environ)}
+        port = g.get("port")
+        if isinstance(port, str) and port.strip().isdigit():  # as "${PORT}" substitutes it
+            given["port"] = int(port)
+        gateway = _build(GatewayConfig, g.path, _gather(GatewayConfig, g, given))
+    env_port = environ.get("OPENCLAW_GATEWAY_PORT", "").strip()
+    if env_port:
+        problem = _PORT.problem(int(env_port) if env_port.isdigit() else env_port)
+        if problem is not None:
+            raise ConfigError(f"OPENCLAW_GATEWAY_PORT: {problem}")
+        gateway = attrs.evolve(gateway, port=int(env_port))
+    return gateway
 
 
 def _auth(a: _Keys, environ: Mapping[str, str]) -> AuthConfig:
+    """The file's auth, its token and password from the environment when it has none, and
+    password mode when a password is set and no mode is."""
     with a:
-        token = _str(a.get("token"), a.at("token")) or environ.get("OPENCLAW_GATEWAY_TOKEN") or None
-        password = (
-            _str(a.get("password"), a.at("password"))
-            or environ.get("OPENCLAW_GATEWAY_PASSWORD")
-            or None
-        )
-        mode = a.get("mode")
-        if mode is None:
-            mode = "password" if password else "token"
-        if mode not in ("none", "token", "password"):
-            raise ConfigError(
-                f"{a.at('mode')}: expected 'none', 'token' or 'password', got {mode!r}"
-            )
-        if mode == "password" and not password:
-            raise ConfigError(
-                f"{a.at('password')}: password mode needs a password "
-                "(set it here or in OPENCLAW_GATEWAY_PASSWORD)"
-            )
-        limit = None
-        if a.get("rateLimit") is not None:
-            with a.obj("rateLimit") as r:
-                limit = RateLimitConfig(
-                    _int(r.get("maxAttempts"), r.at("maxAttempts"), 10, lo=1),
-                    _int(r.get("windowMs"), r.at("windowMs"), 60_000, lo=1),
-                    _int(r.get("lockoutMs"), r.at("lockoutMs"), 300_000, lo=0),
-                    _bool(r.get("exemptLoopback"), r.at("exemptLoopback"), True),
-                )
-    return AuthConfig(mode, token, password, limit)
-
-
-def _chat_completions(c: _Keys) -> ChatCompletionsConfig:
-    d = ChatCompletionsConfig()
-    with c:
-        with c.obj("images") as i:
-            images = ImagesConfig(
-                _bool(i.get("allowUrl"), i.at("allowUrl"), False),
-                tuple(m.lower() for m in _strs(i.get("allowedMimes"), i.at("allowedMimes")))
-                or DEFAULT_IMAGE_MIMES,
-                _int(i.get("maxBytes"), i.at("maxBytes"), d.images.max_bytes, lo=1),
-            )
-        return ChatCompletionsConfig(
-            _bool(c.get("enabled"), c.at("enabled"), False),
-            _int(c.get("maxBodyBytes"), c.at("maxBodyBytes"), d.max_body_bytes, lo=1),
-            _int(c.get("maxImageParts"), c.at("maxImageParts"), d.max_image_parts),
-            _int(c.get("maxTotalImageBytes"), c.at("maxTotalImageBytes"), d.max_total_image_bytes),
-            _num(c.get("heartbeatSeconds"), c.at("heartbeatSeconds"), d.heartbeat_seconds),
-            images,
-        )
-
-
-def _agents(a: _Keys, ignored: list[str]) -> tuple[AgentDefaults, tuple[AgentConfig, ...]]:
-    with a:
-        with a.obj("defaults") as d:
-            defaults = AgentDefaults(
-                _model_choice(d.get("model"), d.at("model"), ignored),
-                _str(d.get("workspace"), d.at("workspace")),
-                _num(d.get("timeoutSeconds"), d.at("timeoutSeconds"), 600.0),
-                _int(d.get("historyLimit"), d.at("historyLimit"), 50),
-            )
-        raw = a.get("list")
-        if raw is not None and not isinstance(raw, list):
-            raise ConfigError(f"{a.at('list')}: expected an array, got {_kind(raw)}")
-        agents: list[AgentConfig] = []
-        for i, entry in enumerate(raw or []):
-            with _Keys(entry, f"{a.at('list')}[{i}]", ignored) as e:
-                raw_id = _str(e.get("id"), e.at("id"), allow_empty=False)
-                if raw_id is None:
-                    raise ConfigError(f"{e.at('id')}: every agent needs an id")
-                agent_id = normalize_agent_id(raw_id)
-                if any(x.id == agent_id for x in agents):
-                    raise ConfigError(f"{e.at('id')}: duplicate agent id {agent_id!r}")
-                agents.append(
-                    AgentConfig(
-                        agent_id,
-                        _bool(e.get("default"), e.at("default"), False),
-                        _str(e.get("name"), e.at("name")),
-                        _model_choice(e.get("model"), e.at("model"), ignored),
-                        _str(e.get("workspace"), e.at("workspace")),
-                    )
-                )
-    return defaults, tuple(agents)
+        read = _gather(AuthConfig, a, {})
+    for field, variable in (
+        ("token", "OPENCLAW_GATEWAY_TOKEN"),
+        ("password", "OPENCLAW_GATEWAY_PASSWORD"),
+    ):
+        if read.get(field) in (None, ""):
+            read[field] = environ.get(variable) or None
+    if "mode" not in read and read["password"]:
+        read["mode"] = "password"
+    return _build(AuthConfig, a.path, read)
 
 
 #: Providers OpenClaw knows without a config entry: used when their key is in the environment.
@@ -653,56 +896,20 @@ def _implicit_providers(
     return tuple(out)
 
 
-def _providers(p: _Keys, ignored: list[str], notes: list[str]) -> tuple[ProviderConfig, ...]:
+def _providers(p: _Keys, notes: list[str]) -> tuple[ProviderConfig, ...]:
+    """Each entry by name; one whose ``api`` this gateway does not serve is noted and left out."""
     out: list[ProviderConfig] = []
     with p:
         for name in list(p.value):
-            with p.obj(name) as e:
-                api = e.get("api") or "openai-completions"
-                if not isinstance(api, str):
-                    raise ConfigError(f"{e.at('api')}: expected a string, got {api!r}")
-                base_url = _str(e.get("baseUrl"), e.at("baseUrl")) or ""
-                api_key = _str(e.get("apiKey"), e.at("apiKey"))
-                headers = e.get("headers") or {}
-                if not isinstance(headers, dict) or not all(
-                    isinstance(v, str) for v in headers.values()
-                ):
-                    raise ConfigError(f"{e.at('headers')}: expected an object of strings")
-                raw_models = e.get("models")
-                if raw_models is not None and not isinstance(raw_models, list):
-                    raise ConfigError(
-                        f"{e.at('models')}: expected an array, got {_kind(raw_models)}"
-                    )
-                models: list[ProviderModel] = []
-                for i, m in enumerate(raw_models or []):
-                    with _Keys(m, f"{e.at('models')}[{i}]", ignored) as mk:
-                        mid = _str(mk.get("id"), mk.at("id"), allow_empty=False)
-                        if mid is None:
-                            raise ConfigError(f"{mk.at('id')}: every model needs an id")
-                        models.append(
-                            ProviderModel(
-                                mid,
-                                _str(mk.get("name"), mk.at("name")),
-                                _int(mk.get("contextWindow"), mk.at("contextWindow"), 0) or None,
-                                _int(mk.get("maxTokens"), mk.at("maxTokens"), 0) or None,
-                            )
-                        )
-            if api not in SUPPORTED_APIS:
+            entry = p.obj(name)
+            with entry:
+                read = _gather(ProviderConfig, entry, {"name": name})
+            api = read.get("api")
+            if isinstance(api, str) and api not in SUPPORTED_APIS:
                 notes.append(
-                    f"models.providers.{name}: api {api!r} is not served here "
+                    f"models.providers.{name}: api {json.dumps(api)} is not served here "
                     f"(supported: {', '.join(SUPPORTED_APIS)}); its models are unavailable"
                 )
                 continue
-            if api != "echo" and not base_url:
-                raise ConfigError(f"{e.at('baseUrl')}: required for api {api!r}")
-            out.append(
-                ProviderConfig(
-                    name,
-                    cast(ProviderApi, api),
-                    base_url.rstrip("/"),
-                    api_key,
-                    tuple(headers.items()),
-                    tuple(models),
-                )
-            )
+            out.append(_build(ProviderConfig, entry.path, read))
     return tuple(out)

@@ -3,17 +3,88 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
+import attrs
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from openclaw_twisted.config import (
     DEFAULT_PORT,
+    AgentConfig,
+    AgentDefaults,
+    AuthConfig,
+    ChatCompletionsConfig,
+    Config,
     ConfigError,
+    GatewayConfig,
+    LimitsConfig,
+    ProviderConfig,
+    ProviderModel,
+    RateLimitConfig,
     config_path,
     load_config,
     normalize_agent_id,
     parse_config,
 )
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+
+#: Every key the gateway reads (``list`` stands for an array entry).
+KNOWN_PATHS = [
+    *(f"gateway.{k}" for k in ("port", "bind", "customBindHost", "trustedProxies", "allowedHosts")),
+    "gateway.controlUi.allowedOrigins",
+    *(f"gateway.auth.{k}" for k in ("mode", "token", "password", "rateLimit")),
+    *(
+        f"gateway.auth.rateLimit.{k}"
+        for k in ("maxAttempts", "windowMs", "lockoutMs", "exemptLoopback")
+    ),
+    *(
+        f"gateway.http.endpoints.chatCompletions.{k}"
+        for k in (
+            "enabled",
+            "maxBodyBytes",
+            "maxImageParts",
+            "maxTotalImageBytes",
+            "heartbeatSeconds",
+            "images",
+        )
+    ),
+    *(
+        f"gateway.http.endpoints.chatCompletions.images.{k}"
+        for k in ("allowUrl", "allowedMimes", "maxBytes")
+    ),
+    *(
+        f"gateway.limits.{k}"
+        for k in (
+            "maxRunsPerConnection",
+            "maxRunsPerClient",
+            "maxUpstreamConnections",
+            "maxUpstreamWaiting",
+            "upstreamWaitMs",
+            "listenBacklog",
+        )
+    ),
+    *(f"agents.defaults.{k}" for k in ("model", "workspace", "timeoutSeconds", "historyLimit")),
+    "agents.defaults.model.primary",
+    "agents.defaults.model.fallbacks",
+    *(f"agents.list.{k}" for k in ("id", "default", "name", "model", "workspace")),
+    "agents.list",
+    "models.providers",
+    "models.providers.p",
+    *(f"models.providers.p.{k}" for k in ("api", "baseUrl", "apiKey", "headers", "models")),
+    "session.persistEphemeral",
+    "gateway",
+    "agents",
+    "models",
+]
 
 
 class ResolutionTests(SynchronousTestCase):
@@ -211,8 +282,170 @@ class BrowserKeysTests(SynchronousTestCase):
         for data, message in (
             ({"controlUi": {"allowedOrigins": ["ui.example"]}}, "gateway.controlUi.allowedOrigins"),
             ({"controlUi": {"allowedOrigins": "https://x"}}, "gateway.controlUi.allowedOrigins"),
-            ({"allowedHosts": ["gw.example:443"]}, "gateway.allowedHosts: 'gw.example:443'"),
+            (
+                {"allowedHosts": ["gw.example:443"]},
+                'gateway.allowedHosts: "gw.example:443" is not a host name',
+            ),
         ):
             with self.assertRaises(ConfigError) as e:
                 parse_config({"gateway": data}, {})
             self.assertIn(message, str(e.exception))
+
+
+class SelfValidatingTests(SynchronousTestCase):
+    """The classes judge their own fields: built in code, evolved, or read from the file."""
+
+    def test_the_constructor_refuses_naming_the_key(self) -> None:
+        cases: list[tuple[Callable[[], object], str]] = [
+            (
+                lambda: RateLimitConfig(max_attempts="ten"),  # type: ignore[arg-type]
+                'gateway.auth.rateLimit.maxAttempts: expected an integer ≥ 1, got "ten"',
+            ),
+            (
+                lambda: GatewayConfig(port=70000),
+                "gateway.port: expected a port number from 0 to 65535, got 70000",
+            ),
+            (
+                lambda: GatewayConfig(bind="custom"),
+                'gateway.customBindHost: required when gateway.bind is "custom"',
+            ),
+            (
+                lambda: LimitsConfig(max_runs_per_client=True),
+                "gateway.limits.maxRunsPerClient: expected an integer ≥ 1, got true",
+            ),
+            (
+                lambda: GatewayConfig(allowed_hosts=("gw.example:443",)),
+                'gateway.allowedHosts: "gw.example:443" is not a host name',
+            ),
+            (
+                lambda: ProviderConfig("p", "openai-completions"),
+                'models.providers.p.baseUrl: required for api "openai-completions"',
+            ),
+            (
+                lambda: ProviderConfig("p", "echo", headers=(("a", 5),)),  # type: ignore[arg-type]
+                'models.providers.p.headers: expected an object of strings, got {"a": 5}',
+            ),
+            (
+                lambda: Config(agents=(AgentConfig("Main"), AgentConfig("main"))),
+                'agents.list[1].id: duplicate agent id "main"',
+            ),
+            (
+                lambda: ChatCompletionsConfig(heartbeat_seconds=float("inf")),
+                "gateway.http.endpoints.chatCompletions.heartbeatSeconds: "
+                "expected a number ≥ 0, got Infinity",
+            ),
+        ]
+        for build, message in cases:
+            with self.assertRaises(ConfigError, msg=message) as e:
+                build()
+            self.assertTrue(str(e.exception).startswith(message), str(e.exception))
+
+    def test_evolve_refuses_too(self) -> None:
+        config = parse_config({}, {})
+        with self.assertRaises(ConfigError) as e:
+            attrs.evolve(config.gateway, port=-1)
+        self.assertTrue(str(e.exception).startswith("gateway.port: "), str(e.exception))
+        with self.assertRaises(ConfigError) as e:
+            attrs.evolve(config.gateway.auth, mode="password")
+        self.assertTrue(str(e.exception).startswith("gateway.auth.password: "))
+        with self.assertRaises(ConfigError) as e:
+            attrs.evolve(config.gateway.limits, listen_backlog=0)
+        self.assertTrue(str(e.exception).startswith("gateway.limits.listenBacklog: "))
+        # Values are put in the form the gateway compares them in, however they arrive.
+        gateway = attrs.evolve(config.gateway, allowed_origins=("https://UI.example/",))
+        self.assertEqual(gateway.allowed_origins, ("https://ui.example",))
+        self.assertEqual(AgentConfig(" Beta Agent ").id, "beta-agent")
+
+    def test_one_default_per_field(self) -> None:
+        """What an empty file gives is what the classes give: the defaults live once."""
+        config = parse_config(
+            {"gateway": {"auth": {"rateLimit": {}}}, "agents": {"defaults": {}}}, {}
+        )
+        self.assertEqual(
+            config.gateway, GatewayConfig(auth=AuthConfig(rate_limit=RateLimitConfig()))
+        )
+        self.assertEqual(config.agent_defaults, AgentDefaults())
+        read = parse_config(
+            {"models": {"providers": {"p": {"baseUrl": "http://h/", "models": [{"id": "m"}]}}}}, {}
+        )
+        self.assertEqual(
+            read.providers,
+            (ProviderConfig("p", base_url="http://h", models=(ProviderModel("m"),)),),
+        )
+
+    def test_numbers_as_json_has_them(self) -> None:
+        config = parse_config(
+            {
+                "gateway": {"limits": {"listenBacklog": 100.0}},
+                "agents": {"defaults": {"timeoutSeconds": 30}},
+            },
+            {},
+        )
+        self.assertEqual(config.gateway.limits.listen_backlog, 100)
+        self.assertIsInstance(config.gateway.limits.listen_backlog, int)
+        self.assertIsInstance(config.agent_defaults.timeout_seconds, float)
+        with self.assertRaises(ConfigError) as e:
+            parse_config({"agents": {"defaults": {"historyLimit": 2.5}}}, {})
+        self.assertEqual(
+            str(e.exception), "agents.defaults.historyLimit: expected an integer ≥ 0, got 2.5"
+        )
+
+
+SECRETS = ("tok-SECRET-1", "pw-SECRET-2", "sk-SECRET-3", "Bearer SECRET-4", "SECRET-5")
+
+
+class SecretReprTests(SynchronousTestCase):
+    def test_no_secret_in_repr_or_str(self) -> None:
+        config = parse_config(
+            {
+                "gateway": {"auth": {"mode": "token", "token": "${TOK}", "password": SECRETS[1]}},
+                "models": {
+                    "providers": {
+                        "p": {
+                            "baseUrl": "http://127.0.0.1:1/v1",
+                            "apiKey": SECRETS[2],
+                            "headers": {
+                                "Authorization": SECRETS[3],
+                                "x-api-key": SECRETS[4],
+                                "X-Title": "visible",
+                            },
+                        }
+                    }
+                },
+            },
+            {"TOK": SECRETS[0], "ANTHROPIC_API_KEY": "sk-ant-SECRET-6"},
+        )
+        self.assertEqual(config.gateway.auth.token, SECRETS[0])
+        self.assertEqual(config.providers[0].headers[0], ("Authorization", SECRETS[3]))
+        for text in (repr(config), str(config), repr(config.gateway.auth), str(config.providers)):
+            for secret in (*SECRETS, "SECRET"):
+                self.assertNotIn(secret, text)
+        # What is set still shows as set, and the rest as it is.
+        self.assertIn("token='***'", repr(config))
+        self.assertIn("('X-Title', 'visible')", repr(config))
+        self.assertIn("password=None", repr(AuthConfig()))
+
+
+class NeverATracebackTests(SynchronousTestCase):
+    """Whatever JSON sits at a key the gateway reads, the answer is a Config or a ConfigError."""
+
+    @settings(max_examples=200, deadline=None)
+    @given(data=st.data())
+    def test_any_value_anywhere(self, data: st.DataObject) -> None:
+        path = data.draw(st.sampled_from(KNOWN_PATHS))
+        value = data.draw(JSON)
+        document: dict[str, object] = {}
+        here = document
+        *parents, last = path.split(".")
+        for part in parents:
+            child: dict[str, object] = {}
+            here[part] = [child] if part == "list" else child
+            here = child
+        here[last] = value
+        try:
+            config = parse_config(document, {})
+        except ConfigError as e:
+            self.assertNotIn("\n", str(e))
+            self.assertNotIn("Traceback", str(e))
+        else:
+            repr(config)

@@ -95,7 +95,7 @@ class ProcessTests(TestCase):
         self.assertTrue(out.startswith("Usage: twistd [options]"), out)
         self.assertEqual(
             out.strip().splitlines()[-1].split(": ", 1)[1],
-            "config error: gateway.port: expected a port number 0..65535, got 'abc'",
+            'config error: gateway.port: expected a port number from 0 to 65535, got "abc"',
         )
         self.assertNotIn("Traceback", out + proc.err.decode())
         # The console script: only the line, exit 2 (the CLI's exit-code table).
@@ -103,7 +103,7 @@ class ProcessTests(TestCase):
         self.assertEqual(
             cli.err.decode(),
             "openclaw-twisted gateway: config error: gateway.port: expected a port number "
-            "0..65535, got 'abc'\n",
+            'from 0 to 65535, got "abc"\n',
         )
         self.assertEqual(cli.out, b"")
 
