@@ -158,6 +158,36 @@ GARBAGE: tuple[bytes, ...] = (
 
 
 @attrs.frozen
+class FakeToolCall:
+    """
+    A tool call a L{Reply} makes, in the API's own wire format: OpenAI ``delta.tool_calls``
+    chunks (or ``message.tool_calls``), Anthropic ``tool_use`` blocks with
+    ``input_json_delta`` pieces (or whole ``tool_use`` blocks).
+    """
+
+    name: str
+    #: The arguments JSON text, or the pieces it is streamed in (one chunk each; split them
+    #: anywhere, mid-string or mid-character).  A whole answer sends them joined.
+    arguments: str | Sequence[str] = "{}"
+    #: ``None``: ``call_fake<n>`` (OpenAI) or ``toolu_fake<n>`` (Anthropic).
+    id: str | None = None
+
+    @property
+    def pieces(self) -> tuple[str, ...]:
+        return (self.arguments,) if isinstance(self.arguments, str) else tuple(self.arguments)
+
+    @property
+    def text(self) -> str:
+        """The whole arguments JSON text."""
+        return "".join(self.pieces)
+
+    def call_id(self, api: str, n: int) -> str:
+        if self.id is not None:
+            return self.id
+        return f"toolu_fake{n}" if api == "anthropic" else f"call_fake{n}"
+
+
+@attrs.frozen
 class Reply:
     """
     How L{FakeUpstream} answers one request.
@@ -165,12 +195,21 @@ class Reply:
     By default it streams ``deltas`` in the format the path asks for (OpenAI chat completions
     chunks, or Anthropic message events), with ``usage`` (``Usage()``: none at all, as
     llama-cpp-python, which ignores ``include_usage``) and a ``stop_reason`` of ``"stop"`` or
-    ``"length"``.  The other fields script the faults a real provider has.
+    ``"length"``; then the ``tool_calls``, if any (the stop reason is then ``tool_calls`` /
+    ``tool_use``).  The other fields script the faults a real provider has.
     """
 
     deltas: Sequence[str] = ("Hello", " from", " upstream.")
     usage: Usage = Usage(11, 3)
     stop_reason: StopReason = "stop"
+    #: After the text, the model calls these tools (see L{FakeToolCall}).
+    tool_calls: Sequence[FakeToolCall] = ()
+    #: OpenAI: stream the calls' chunks round-robin by index (first chunks, then the pieces),
+    #: as some servers do, instead of one call after the other.
+    interleave: bool = False
+    #: The exact ``finish_reason`` / ``stop_reason`` to send, instead of the one derived from
+    #: ``stop_reason`` and ``tool_calls`` (e.g. ``"stop"`` after tool calls, as older Ollama).
+    finish_reason: str | None = None
     #: A non-2xx status answers with that API's JSON error body carrying ``error_message``.
     status: int = 200
     error_message: str = "scripted upstream error"
@@ -223,6 +262,7 @@ class Received:
 
     @property
     def json(self) -> Any:
+        """The request body, decoded (what the provider sent)."""
         return json.loads(self.body)
 
     @property
@@ -230,9 +270,63 @@ class Received:
         return self.disconnected.called
 
 
+def _dumps(data: object) -> bytes:
+    try:
+        # Real servers write UTF-8, not \u escapes: a character may be split between reads.
+        return json.dumps(data, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        # A lone surrogate exists in JSON only as an escape.
+        return json.dumps(data).encode()
+
+
 def _sse(data: object, event: str | None = None) -> bytes:
     head = f"event: {event}\n" if event else ""
-    return f"{head}data: {json.dumps(data)}\n\n".encode()
+    return head.encode() + b"data: " + _dumps(data) + b"\n\n"
+
+
+def _openai_finish(reply: Reply) -> str:
+    if reply.finish_reason is not None:
+        return reply.finish_reason
+    if reply.stop_reason == "length":
+        return "length"
+    return "tool_calls" if reply.tool_calls or reply.stop_reason == "tool_calls" else "stop"
+
+
+def _anthropic_stop(reply: Reply) -> str:
+    if reply.finish_reason is not None:
+        return reply.finish_reason
+    if reply.stop_reason == "length":
+        return "max_tokens"
+    return "tool_use" if reply.tool_calls or reply.stop_reason == "tool_calls" else "end_turn"
+
+
+def _openai_tool_chunks(reply: Reply) -> Iterator[dict[str, Any]]:
+    """The ``delta.tool_calls`` entries of ``reply``'s calls, one per chunk, in stream order."""
+    calls = list(enumerate(reply.tool_calls))
+
+    def first(n: int, call: FakeToolCall) -> dict[str, Any]:
+        return {
+            "index": n,
+            "id": call.call_id("openai", n),
+            "type": "function",
+            "function": {"name": call.name, "arguments": ""},
+        }
+
+    def piece(n: int, text: str) -> dict[str, Any]:
+        return {"index": n, "function": {"arguments": text}}
+
+    if not reply.interleave:
+        for n, call in calls:
+            yield first(n, call)
+            for text in call.pieces:
+                yield piece(n, text)
+        return
+    for n, call in calls:
+        yield first(n, call)
+    for k in range(max((len(c.pieces) for _, c in calls), default=0)):
+        for n, call in calls:
+            if k < len(call.pieces):
+                yield piece(n, call.pieces[k])
 
 
 def _openai_events(reply: Reply, body: Any) -> Iterator[tuple[bool, bytes]]:
@@ -256,6 +350,8 @@ def _openai_events(reply: Reply, body: Any) -> Iterator[tuple[bool, bytes]]:
         deltas = (f"tok{i} " for i in itertools.count())
     for text in deltas:
         yield True, chunk({"content": text})
+    for entry in _openai_tool_chunks(reply):
+        yield True, chunk({"tool_calls": [entry]})
     if reply.stream_error is not None:
         err = {"message": reply.stream_error, "type": "server_error", "param": None, "code": None}
         yield False, _sse({"error": err})
@@ -263,7 +359,7 @@ def _openai_events(reply: Reply, body: Any) -> Iterator[tuple[bool, bytes]]:
     usage = _openai_usage(reply.usage)
     if not reply.omit_finish:
         on_finish = {"usage": usage} if reply.usage_in_finish and usage is not None else {}
-        yield False, chunk({}, "length" if reply.stop_reason == "length" else "stop", **on_finish)
+        yield False, chunk({}, _openai_finish(reply), **on_finish)
     if (
         (body.get("stream_options") or {}).get("include_usage")
         and usage is not None
@@ -298,12 +394,15 @@ def _anthropic_events(reply: Reply, body: Any) -> Iterator[tuple[bool, bytes]]:
     if u.known:
         message["usage"] = {"input_tokens": u.input_tokens or 0, "output_tokens": 1}
     yield False, _sse({"type": "message_start", "message": message}, "message_start")
-    block = {
-        "type": "content_block_start",
-        "index": 0,
-        "content_block": {"type": "text", "text": ""},
-    }
-    yield False, _sse(block, "content_block_start")
+    # A model that answers with tool calls alone writes no text block (as Claude does).
+    text_block = bool(reply.deltas) or reply.forever or not reply.tool_calls
+    if text_block:
+        block = {
+            "type": "content_block_start",
+            "index": 0,
+            "content_block": {"type": "text", "text": ""},
+        }
+        yield False, _sse(block, "content_block_start")
     yield False, _sse({"type": "ping"}, "ping")
     deltas: Iterable[str] = reply.deltas
     if reply.forever:
@@ -322,8 +421,27 @@ def _anthropic_events(reply: Reply, body: Any) -> Iterator[tuple[bool, bytes]]:
         }
         yield False, _sse(err, "error")
         return
-    yield False, _sse({"type": "content_block_stop", "index": 0}, "content_block_stop")
-    stop = "max_tokens" if reply.stop_reason == "length" else "end_turn"
+    if text_block:
+        yield False, _sse({"type": "content_block_stop", "index": 0}, "content_block_stop")
+    for n, call in enumerate(reply.tool_calls):
+        index = n + text_block
+        use = {"type": "tool_use", "id": call.call_id("anthropic", n), "name": call.name}
+        start = {
+            "type": "content_block_start",
+            "index": index,
+            "content_block": {**use, "input": {}},
+        }
+        yield True, _sse(start, "content_block_start")
+        # The API begins each tool_use block with an empty piece.
+        for text in ("", *call.pieces):
+            delta = {
+                "type": "content_block_delta",
+                "index": index,
+                "delta": {"type": "input_json_delta", "partial_json": text},
+            }
+            yield True, _sse(delta, "content_block_delta")
+        yield False, _sse({"type": "content_block_stop", "index": index}, "content_block_stop")
+    stop = _anthropic_stop(reply)
     if not reply.omit_finish:
         end: dict[str, Any] = {
             "type": "message_delta",
@@ -351,20 +469,32 @@ def _complete_body(api: str, reply: Reply, body: Any) -> bytes:
     text, u = "".join(reply.deltas), reply.usage
     answer: dict[str, Any]
     if api == "anthropic":
+        content: list[dict[str, Any]] = []
+        if text or not reply.tool_calls:
+            content.append({"type": "text", "text": text})
+        content += [
+            {
+                "type": "tool_use",
+                "id": c.call_id(api, n),
+                "name": c.name,
+                "input": json.loads(c.text),
+            }
+            for n, c in enumerate(reply.tool_calls)
+        ]
         answer = {
             "id": "msg_fake",
             "type": "message",
             "role": "assistant",
             "model": body.get("model", ""),
-            "content": [{"type": "text", "text": text}],
-            "stop_reason": "max_tokens" if reply.stop_reason == "length" else "end_turn",
+            "content": content,
+            "stop_reason": _anthropic_stop(reply),
         }
         if u.known:
             answer["usage"] = {
                 "input_tokens": u.input_tokens or 0,
                 "output_tokens": u.output_tokens or 0,
             }
-        return json.dumps(answer).encode()
+        return _dumps(answer)
     answer = {
         "id": "chatcmpl-fake",
         "object": "chat.completion",
@@ -374,14 +504,38 @@ def _complete_body(api: str, reply: Reply, body: Any) -> bytes:
             {
                 "index": 0,
                 "message": {"role": "assistant", "content": text},
-                "finish_reason": reply.stop_reason,
+                "finish_reason": _openai_finish(reply),
             }
         ],
     }
+    if reply.tool_calls:
+        message = answer["choices"][0]["message"]
+        message["content"] = text or None
+        message["tool_calls"] = [
+            {
+                "id": c.call_id(api, n),
+                "type": "function",
+                "function": {"name": c.name, "arguments": c.text},
+            }
+            for n, c in enumerate(reply.tool_calls)
+        ]
     # A server that counts nothing says nothing (llama-cpp-python); some send null.
     if u.known:
         answer["usage"] = _openai_usage(u)
-    return json.dumps(answer).encode()
+    return _dumps(answer)
+
+
+def reply_body(api: ProviderApi, reply: Reply, request: Any = None) -> bytes:
+    """
+    The body L{FakeUpstream} answers ``request`` (a request body; default: a streaming one)
+    with on ``api``'s path, all at once: to feed a parser in pieces of one's choosing.
+    """
+    body = {"stream": True} if request is None else request
+    name = "anthropic" if api == "anthropic-messages" else "openai"
+    if not body.get("stream") or reply.ignore_stream:
+        return _complete_body(name, reply, body)
+    events = _anthropic_events(reply, body) if name == "anthropic" else _openai_events(reply, body)
+    return b"".join(data for _, data in events)
 
 
 def _cancel(timer: IDelayedCall) -> None:
@@ -566,6 +720,11 @@ class FakeUpstream:
         """A ``models.providers`` entry pointing at this server."""
         base = self.base_url + ("/v1" if api == "openai-completions" else "")
         return ProviderConfig(name, api, base, api_key, (), tuple(ProviderModel(m) for m in models))
+
+    @property
+    def bodies(self) -> list[Any]:
+        """The JSON body of every request received, in order: what the provider sent."""
+        return [r.json for r in self.requests]
 
     def script(self, *replies: Reply | Callable[[Received], Reply]) -> None:
         """Answer the next requests with these, in order (a callable decides per request)."""

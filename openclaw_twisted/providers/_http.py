@@ -26,7 +26,7 @@ from zope.interface import implementer
 
 from .._pull import PullQueue
 from ..config import ProviderConfig
-from .interface import IModelStream, ModelEvent, ProviderError, TextDelta
+from .interface import IModelStream, ModelEvent, ProviderError, TextDelta, ToolCallDelta
 from .sse import SSEError, SSEEvent, SSEParser
 
 log = Logger()
@@ -296,7 +296,7 @@ class HTTPModelStream:
                 ready.errback(error)
 
     def _put(self, event: ModelEvent) -> None:
-        if isinstance(event, TextDelta):
+        if isinstance(event, TextDelta | ToolCallDelta):
             self.answered = True
         self._queue.put(event)
         self._set_ready()

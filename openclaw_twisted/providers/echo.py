@@ -8,7 +8,16 @@ import attrs
 from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 
-from .interface import Finish, IModelStream, IProvider, ModelEvent, ModelRequest, TextDelta, Usage
+from .interface import (
+    Finish,
+    IModelStream,
+    IProvider,
+    Message,
+    ModelEvent,
+    ModelRequest,
+    TextDelta,
+    Usage,
+)
 
 _PIECES = re.compile(r"\S+\s*|\s+")
 
@@ -16,6 +25,13 @@ _PIECES = re.compile(r"\S+\s*|\s+")
 def _tokens(text: str) -> int:
     # The usual rule of thumb (about four characters a token) keeps usage plausible.
     return (len(text) + 3) // 4
+
+
+def _content(message: Message) -> str:
+    # Tools are never called here, but a conversation that had them still costs its prompt.
+    calls = "".join(c.name + c.arguments for c in message.tool_calls)
+    result = message.tool_result.content if message.tool_result is not None else ""
+    return message.text + calls + result
 
 
 @implementer(IModelStream)
@@ -35,7 +51,10 @@ class _EchoStream:
 @implementer(IProvider)
 @attrs.define
 class EchoProvider:
-    """Deterministic and offline: what runs when no model provider is configured."""
+    """
+    Deterministic and offline: what runs when no model provider is configured.  It calls no
+    tools: a request that offers some is answered with the echo all the same.
+    """
 
     name: str = "echo"
 
@@ -47,7 +66,7 @@ class EchoProvider:
         limit = request.sampling.max_tokens
         if limit is not None and len(pieces) > limit:
             pieces, stop = pieces[:limit], "length"
-        prompt = request.system + "".join(m.text for m in request.messages)
+        prompt = request.system + "".join(_content(m) for m in request.messages)
         usage = Usage(_tokens(prompt), _tokens("".join(pieces)))
         finish = Finish("length" if stop == "length" else "stop", usage)
         return succeed(_EchoStream(pieces, finish))

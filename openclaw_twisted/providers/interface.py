@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import attrs
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
-Role = Literal["user", "assistant"]
-StopReason = Literal["stop", "length"]
+Role = Literal["user", "assistant", "tool"]
+#: ``tool_calls``: the model stopped to have the tools it called run (OpenAI ``tool_calls``,
+#: Anthropic ``tool_use``).
+StopReason = Literal["stop", "length", "tool_calls"]
 
 
 @attrs.frozen
@@ -54,12 +57,74 @@ class Image:
 
 
 @attrs.frozen
+class ToolSpec:
+    """A function the model may call: its name, what it does, its JSON-schema parameters."""
+
+    name: str
+    description: str | None = None
+    #: The JSON schema of the arguments object; ``None`` when the tool takes none.
+    parameters: Mapping[str, Any] | None = attrs.field(default=None, hash=False)
+    #: OpenAI's ``strict`` (schema-exact arguments); ``None`` leaves it unset.
+    strict: bool | None = None
+
+
+@attrs.frozen
+class NamedTool:
+    """A ``tool_choice`` that makes the model call this one function."""
+
+    name: str
+
+
+#: ``auto``: the model decides; ``none``: no call; ``required``: at least one call.
+ToolChoice = Literal["auto", "none", "required"] | NamedTool
+
+
+@attrs.frozen
+class ToolCall:
+    """A call the assistant made: its id, the function's name, the arguments as JSON text."""
+
+    id: str
+    name: str
+    #: Exactly as the model wrote them (JSON text, possibly invalid: models err).
+    arguments: str = "{}"
+
+
+@attrs.frozen
+class ToolCallResult:
+    """What a tool call gave back, for the model's next turn."""
+
+    tool_call_id: str
+    content: str
+    is_error: bool = False
+
+
+def _consistent(message: Message, attribute: object, value: ToolCallResult | None) -> None:
+    if message.tool_calls and message.role != "assistant":
+        raise ValueError(f"a {message.role} message cannot carry tool calls")
+    if (message.role == "tool") != (message.tool_result is not None):
+        raise ValueError("a tool message carries a tool_result, and only a tool message does")
+    if message.role == "tool" and (message.text or message.images):
+        raise ValueError("a tool message's content is its tool_result's")
+
+
+@attrs.frozen
 class Message:
-    """One turn of the conversation as a provider sees it."""
+    """
+    One turn of the conversation as a provider sees it: user or assistant text (the
+    assistant's possibly with the tool calls it made), or, with role ``tool``, the result
+    of one tool call (see L{Message.result}).
+    """
 
     role: Role
     text: str
     images: tuple[Image, ...] = ()
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_result: ToolCallResult | None = attrs.field(default=None, validator=_consistent)
+
+    @classmethod
+    def result(cls, tool_call_id: str, content: str, is_error: bool = False) -> Message:
+        """The ``tool`` message that answers the call ``tool_call_id``."""
+        return cls("tool", "", tool_result=ToolCallResult(tool_call_id, content, is_error))
 
 
 @attrs.frozen
@@ -86,6 +151,12 @@ class ModelRequest:
     #: Whether the answer is wanted as it is written.  ``False`` (nobody reads the deltas, e.g.
     #: a non-streaming HTTP client) lets an HTTP provider ask for one whole JSON answer.
     stream: bool = True
+    #: The functions the model may call (none: a plain text answer, as before tools).
+    tools: tuple[ToolSpec, ...] = ()
+    #: ``None``: the provider's default (``auto`` when there are tools).
+    tool_choice: ToolChoice | None = None
+    #: ``False``: at most one call per answer; ``None``: the provider's default (parallel).
+    parallel_tool_calls: bool | None = None
 
 
 @attrs.frozen
@@ -103,7 +174,22 @@ class Finish:
     usage: Usage = Usage()
 
 
-ModelEvent = TextDelta | Finish
+@attrs.frozen
+class ToolCallDelta:
+    """
+    A piece of a tool call, as the model produced it.  ``index`` numbers the calls of one
+    answer from 0 (parallel calls may interleave); the first delta of a call carries its
+    ``id`` and ``name`` (later ones ``None``); the ``arguments_delta`` of all its deltas,
+    joined, are the call's arguments JSON text exactly.
+    """
+
+    index: int
+    id: str | None
+    name: str | None
+    arguments_delta: str = ""
+
+
+ModelEvent = TextDelta | ToolCallDelta | Finish
 
 ProviderErrorKind = Literal[
     "unavailable",  # refused, reset, DNS, TLS: the provider could not be reached

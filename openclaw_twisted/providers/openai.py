@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import json
+import os
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -19,9 +21,13 @@ from .interface import (
     Message,
     ModelEvent,
     ModelRequest,
+    NamedTool,
     ProviderError,
     StopReason,
     TextDelta,
+    ToolCallDelta,
+    ToolChoice,
+    ToolSpec,
     Usage,
 )
 from .sse import SSEEvent
@@ -35,11 +41,38 @@ def image_url(image: Image) -> str:
 
 
 def message_json(message: Message) -> dict[str, Any]:
+    if message.tool_result is not None:
+        result = message.tool_result
+        # The API has no error flag for a tool result: the content says what went wrong.
+        return {"role": "tool", "tool_call_id": result.tool_call_id, "content": result.content}
+    if message.tool_calls:
+        calls = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in message.tool_calls
+        ]
+        return {"role": "assistant", "content": message.text or None, "tool_calls": calls}
     if not message.images or message.role != "user":
         return {"role": message.role, "content": message.text}
     parts: list[dict[str, Any]] = [{"type": "text", "text": message.text}] if message.text else []
     parts += [{"type": "image_url", "image_url": {"url": image_url(i)}} for i in message.images]
     return {"role": message.role, "content": parts}
+
+
+def tool_json(tool: ToolSpec) -> dict[str, Any]:
+    function: dict[str, Any] = {"name": tool.name}
+    if tool.description is not None:
+        function["description"] = tool.description
+    if tool.parameters is not None:
+        function["parameters"] = tool.parameters
+    if tool.strict is not None:
+        function["strict"] = tool.strict
+    return {"type": "function", "function": function}
+
+
+def tool_choice_json(choice: ToolChoice) -> str | dict[str, Any]:
+    if isinstance(choice, NamedTool):
+        return {"type": "function", "function": {"name": choice.name}}
+    return choice
 
 
 def request_body(request: ModelRequest) -> dict[str, Any]:
@@ -64,12 +97,96 @@ def request_body(request: ModelRequest) -> dict[str, Any]:
     body.update({k: v for k, v in fields.items() if v is not None})
     if s.stop:
         body["stop"] = list(s.stop)
+    if request.tools:
+        # The API refuses tool_choice and parallel_tool_calls without tools.
+        body["tools"] = [tool_json(t) for t in request.tools]
+        if request.tool_choice is not None:
+            body["tool_choice"] = tool_choice_json(request.tool_choice)
+        if request.parallel_tool_calls is not None:
+            body["parallel_tool_calls"] = request.parallel_tool_calls
     return body
 
 
 def stop_reason(reason: object) -> StopReason:
-    """A ``finish_reason`` as a run's stop reason: ``length`` or else ``stop``."""
-    return "length" if reason == "length" else "stop"
+    """A ``finish_reason`` as a run's stop reason: ``length``, ``tool_calls`` or else ``stop``."""
+    if reason == "length":
+        return "length"
+    return "tool_calls" if reason == "tool_calls" else "stop"
+
+
+def new_call_id() -> str:
+    """An id for a tool call a server sent without one (the client must be able to answer it)."""
+    return "call_" + os.urandom(12).hex()
+
+
+def _text(value: object) -> bool:
+    return value is None or isinstance(value, str)
+
+
+class ToolCallAssembler:
+    """
+    Checks the ``tool_calls`` of an answer, streamed (``delta.tool_calls``: an ``index``;
+    ``id`` and ``function.name`` in a call's first chunk; ``function.arguments`` in pieces)
+    or whole (``message.tool_calls``), and turns them into L{ToolCallDelta}s.
+    """
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        #: Per call index: its id and name, as first given.
+        self.calls: dict[int, tuple[str, str]] = {}
+
+    def _bad(self, why: str) -> ProviderError:
+        return ProviderError("upstream_error", f"{self.label} sent a malformed tool call: {why}")
+
+    def delta(self, calls: object) -> list[ModelEvent]:
+        if not isinstance(calls, list):
+            raise self._bad("tool_calls is not a list")
+        out: list[ModelEvent] = []
+        for call in calls:
+            if not isinstance(call, dict):
+                raise self._bad("a tool call is not an object")
+            index = call.get("index")
+            if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+                raise self._bad("a tool call chunk has no valid index")
+            function = call.get("function") or {}
+            if not isinstance(function, dict):
+                raise self._bad(f"the function of tool call {index} is not an object")
+            call_id, name = call.get("id") or None, function.get("name") or None
+            arguments = function.get("arguments")
+            if not _text(call_id) or not _text(name) or not _text(arguments):
+                raise self._bad(f"tool call {index} has a field that is not a string")
+            known = self.calls.get(index)
+            if known is None:
+                if name is None:
+                    raise self._bad(f"the first chunk of tool call {index} has no function name")
+                self.calls[index] = (call_id or new_call_id(), name)
+                call_id, name = self.calls[index]
+            else:
+                # Some servers repeat the id and name in every chunk; a different one is garbage.
+                if call_id is not None and call_id != known[0]:
+                    raise self._bad(f"tool call {index} changed its id mid-answer")
+                if name is not None and name != known[1]:
+                    raise self._bad(f"tool call {index} changed its function name mid-answer")
+                call_id = name = None
+            if known is None or arguments:
+                out.append(ToolCallDelta(index, call_id, name, arguments or ""))
+        return out
+
+    def whole(self, calls: object) -> list[ModelEvent]:
+        if not isinstance(calls, list):
+            raise self._bad("tool_calls is not a list")
+        out: list[ModelEvent] = []
+        for index, call in enumerate(calls):
+            function = call.get("function") if isinstance(call, dict) else None
+            if not isinstance(function, dict):
+                raise self._bad(f"tool call {index} has no function")
+            arguments = function.get("arguments")
+            if isinstance(arguments, dict):
+                # Ollama's native answers give an object; the text of it is what a client reads.
+                arguments = json.dumps(arguments)
+            chunk = {**call, "index": index, "function": {**function, "arguments": arguments}}
+            out += self.delta([chunk])
+        return out
 
 
 class ChunkDecoder:
@@ -89,6 +206,7 @@ class ChunkDecoder:
         self.answered = False
         self.stop: StopReason | None = None
         self.usage = Usage()
+        self.tools = ToolCallAssembler(label)
 
     def _finish(self) -> Finish:
         if self.stop is None:
@@ -97,7 +215,11 @@ class ChunkDecoder:
                 f"{self.label} ended its answer without saying it was complete "
                 "(no finish reason): it was probably interrupted",
             )
-        return Finish(self.stop, self.usage)
+        return Finish(self._stop(self.stop), self.usage)
+
+    def _stop(self, reason: StopReason) -> StopReason:
+        # A server that says "stop" after calling tools (older Ollama) still asked for them.
+        return "tool_calls" if reason == "stop" and self.tools.calls else reason
 
     def event(self, event: SSEEvent) -> list[ModelEvent]:
         if event.data.strip() == "[DONE]":
@@ -123,6 +245,10 @@ class ChunkDecoder:
             if isinstance(content, str) and content:
                 self.answered = True
                 out.append(TextDelta(content))
+            calls = delta.get("tool_calls") if isinstance(delta, dict) else None
+            if calls is not None:
+                out += self.tools.delta(calls)
+                self.answered = self.answered or bool(self.tools.calls)
             reason = choice.get("finish_reason")
             if reason:
                 self.stop = stop_reason(reason)
@@ -134,7 +260,7 @@ class ChunkDecoder:
             raise cut(self.label, self.answered)
         # Some servers end the body without [DONE] after the finish: the answer is whole.
         self.done = True
-        return [Finish(self.stop, self.usage)]
+        return [Finish(self._stop(self.stop), self.usage)]
 
     def complete(self, answer: Any) -> list[ModelEvent]:
         choices = answer.get("choices") if isinstance(answer, dict) else None
@@ -145,9 +271,15 @@ class ChunkDecoder:
             )
         # A whole JSON answer is complete by construction, with or without a finish reason.
         self._usage(answer.get("usage"))
-        content = choice["message"].get("content")
-        text = [TextDelta(content)] if isinstance(content, str) and content else []
-        return [*text, Finish(stop_reason(choice.get("finish_reason")), self.usage)]
+        message = choice["message"]
+        content = message.get("content")
+        events: list[ModelEvent] = []
+        if isinstance(content, str) and content:
+            events.append(TextDelta(content))
+        if message.get("tool_calls") is not None:
+            events += self.tools.whole(message["tool_calls"])
+        stop = self._stop(stop_reason(choice.get("finish_reason")))
+        return [*events, Finish(stop, self.usage)]
 
     def _usage(self, usage: object) -> None:
         # Absent or null (llama-cpp-python ignores include_usage) stays unknown, never zeros.
