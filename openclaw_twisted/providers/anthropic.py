@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
@@ -369,9 +369,8 @@ class AnthropicMessagesProvider(HTTPProvider):
         base = self.config.base_url
         # OpenClaw's baseUrl is the API root; one that already ends in /v1 works too.
         url = f"{base}/messages" if base.endswith("/v1") else f"{base}/v1/messages"
-        return self.post(
-            url,
-            headers,
-            request_body(request, default),
-            MessageDecoder(self._label),
-        )
+        try:
+            body = request_body(request, default)
+        except ProviderError as e:
+            return fail(e)
+        return self.post(url, headers, body, MessageDecoder(self._label))

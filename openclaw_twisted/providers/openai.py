@@ -127,13 +127,16 @@ class ToolCallAssembler:
     """
     Checks the ``tool_calls`` of an answer, streamed (``delta.tool_calls``: an ``index``;
     ``id`` and ``function.name`` in a call's first chunk; ``function.arguments`` in pieces)
-    or whole (``message.tool_calls``), and turns them into L{ToolCallDelta}s.
+    or whole (``message.tool_calls``), and turns them into L{ToolCallDelta}s numbered from 0
+    in the order the calls began.
     """
 
     def __init__(self, label: str) -> None:
         self.label = label
-        #: Per call index: its id and name, as first given.
-        self.calls: dict[int, tuple[str, str]] = {}
+        #: Each call's id and name, as first given, in the order the calls began.
+        self.calls: list[tuple[str, str]] = []
+        #: The server's index of a call → its place in ``calls`` (the index of its deltas).
+        self._slots: dict[int, int] = {}
 
     def _bad(self, why: str) -> ProviderError:
         return ProviderError("upstream_error", f"{self.label} sent a malformed tool call: {why}")
@@ -155,21 +158,25 @@ class ToolCallAssembler:
             arguments = function.get("arguments")
             if not _text(call_id) or not _text(name) or not _text(arguments):
                 raise self._bad(f"tool call {index} has a field that is not a string")
-            known = self.calls.get(index)
-            if known is None:
+            slot = self._slots.get(index)
+            if slot is not None and name is not None and call_id not in (None, self.calls[slot][0]):
+                # A new id and a name: another call (some proxies number every call 0).
+                slot = None
+            if slot is None:
                 if name is None:
                     raise self._bad(f"the first chunk of tool call {index} has no function name")
-                self.calls[index] = (call_id or new_call_id(), name)
-                call_id, name = self.calls[index]
-            else:
-                # Some servers repeat the id and name in every chunk; a different one is garbage.
-                if call_id is not None and call_id != known[0]:
-                    raise self._bad(f"tool call {index} changed its id mid-answer")
-                if name is not None and name != known[1]:
-                    raise self._bad(f"tool call {index} changed its function name mid-answer")
-                call_id = name = None
-            if known is None or arguments:
-                out.append(ToolCallDelta(index, call_id, name, arguments or ""))
+                slot = self._slots[index] = len(self.calls)
+                self.calls.append((call_id or new_call_id(), name))
+                call_id, name = self.calls[slot]
+                out.append(ToolCallDelta(slot, call_id, name, arguments or ""))
+                continue
+            # Some servers repeat the id and name in every chunk; a different one is garbage.
+            if call_id is not None and call_id != self.calls[slot][0]:
+                raise self._bad(f"tool call {index} changed its id mid-answer")
+            if name is not None and name != self.calls[slot][1]:
+                raise self._bad(f"tool call {index} changed its function name mid-answer")
+            if arguments:
+                out.append(ToolCallDelta(slot, None, None, arguments))
         return out
 
     def whole(self, calls: object) -> list[ModelEvent]:

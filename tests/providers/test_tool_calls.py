@@ -93,6 +93,7 @@ class _Tools:
     assertNotIn: Any
     assertTrue: Any
     assertIsInstance: Any
+    failureResultOf: Any
 
     async def upstream(self, *replies: Reply) -> FakeUpstream:
         server = await FakeUpstream.start(reactor)
@@ -326,6 +327,23 @@ class OpenAITools(_Tools, TestCase):
         self.assertEqual((calls[0][1:], calls[1]), (("now", "{}"), ("b", "now", "{}")))
         self.assertEqual(events[-1], Finish("tool_calls", Usage()))
 
+    async def test_every_call_numbered_zero(self) -> None:
+        """A proxy that gives every call index 0 (and a new id): the calls still come apart."""
+        first = {"index": 0, "id": "a", "function": {"name": "now", "arguments": "{"}}
+        chunks = [
+            {"tool_calls": [first]},
+            {"tool_calls": [{"index": 0, "function": {"arguments": "}"}}]},
+            {"tool_calls": [{**first, "id": "b", "function": {"name": "f", "arguments": "[]"}}]},
+            {"tool_calls": [{"index": 5, "id": "c", "function": {"name": "g"}}]},
+        ]
+        raw = [b"data: %s\n\n" % json.dumps({"choices": [{"delta": c}]}).encode() for c in chunks]
+        raw.append(b'data: {"choices": [{"delta": {}, "finish_reason": "tool_calls"}]}\n\n')
+        server = await self.upstream(Reply(raw=raw))
+        events = await drain(await self.provider(server).open(request(tools=TOOLS)))
+        self.assertEqual(
+            calls_of(events), {0: ("a", "now", "{}"), 1: ("b", "f", "[]"), 2: ("c", "g", "")}
+        )
+
     async def test_malformed_tool_chunks(self) -> None:
         def raw(*deltas: Any) -> Reply:
             chunks = [
@@ -344,7 +362,10 @@ class OpenAITools(_Tools, TestCase):
                 "not a string",
             ),
             (
-                raw({"tool_calls": [first]}, {"tool_calls": [{**first, "id": "b"}]}),
+                raw(
+                    {"tool_calls": [first]},
+                    {"tool_calls": [{"index": 0, "id": "b", "function": {"arguments": "{}"}}]},
+                ),
                 "tool call 0 changed its id mid-answer",
             ),
         ]
@@ -474,17 +495,14 @@ class AnthropicTools(_Tools, TestCase):
         server = await self.upstream()
         for arguments in ("[1]", '{"city": '):
             messages = (*ASK, Message("assistant", "", tool_calls=(ToolCall("t", "f", arguments),)))
-            try:
-                await self.provider(server).open(request(messages=messages, tools=TOOLS))
-            except ProviderError as e:
-                self.assertEqual(e.kind, "bad_request")
-                self.assertEqual(
-                    e.message,
-                    "the arguments of tool call 't' are not a JSON object, "
-                    "which the Anthropic API requires",
-                )
-            else:
-                raise AssertionError("no ProviderError")
+            d = self.provider(server).open(request(messages=messages, tools=TOOLS))
+            e = self.failureResultOf(d, ProviderError).value
+            self.assertEqual(e.kind, "bad_request")
+            self.assertEqual(
+                e.message,
+                "the arguments of tool call 't' are not a JSON object, "
+                "which the Anthropic API requires",
+            )
         self.assertEqual(server.requests, [])
 
     async def test_start_block_input_without_pieces(self) -> None:
