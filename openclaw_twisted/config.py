@@ -24,6 +24,7 @@ MiB = 1024 * 1024
 
 AuthMode = Literal["none", "token", "password"]
 BindMode = Literal["loopback", "lan", "custom"]
+MetricsAuth = Literal["token", "none"]
 ProviderApi = Literal["openai-completions", "anthropic-messages", "echo"]
 SUPPORTED_APIS: tuple[str, ...] = ("openai-completions", "anthropic-messages", "echo")
 DEFAULT_IMAGE_MIMES = ("image/jpeg", "image/png", "image/gif", "image/webp")
@@ -338,6 +339,18 @@ class LimitsConfig:
 
 
 @attrs.frozen
+class MetricsConfig:
+    """``gateway.metrics``: ``GET /metrics`` in the Prometheus text format."""
+
+    KEY_PATH: ClassVar[str] = "gateway.metrics"
+
+    enabled: bool = attrs.field(default=False, validator=_FLAG)
+    #: ``token``: the gateway's credential as a bearer, as on ``/v1/*``; ``none``: open
+    #: (a scraper on loopback, or behind a proxy that guards the path).
+    auth: MetricsAuth = attrs.field(default="token", validator=_one_of("token", "none"))
+
+
+@attrs.frozen
 class GatewayConfig:
     """``gateway``: where it listens, who may connect, what it serves."""
 
@@ -367,6 +380,9 @@ class GatewayConfig:
         default=(), converter=_hosts, validator=_strings(_host_problem)
     )
     limits: LimitsConfig = attrs.field(default=LimitsConfig(), validator=instance_of(LimitsConfig))
+    metrics: MetricsConfig = attrs.field(
+        default=MetricsConfig(), validator=instance_of(MetricsConfig)
+    )
 
     @custom_bind_host.validator
     def _custom_host_needed(self, field: attrs.Attribute[str | None], value: str | None) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
@@ -12,9 +13,12 @@ from .agents.roster import Roster
 from .agents.runner import AgentRunner
 from .agents.store import ISessionStore
 from .auth import Authenticator, ClientAddress, forwarded_for
-from .config import ChatCompletionsConfig, ProviderConfig
+from .config import ChatCompletionsConfig, MetricsConfig, ProviderConfig
 from .limits import RunLimits
 from .web.origin import BrowserPolicy
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
 
 
 @attrs.frozen
@@ -51,6 +55,10 @@ class Edge:
     chat_completions: ChatCompletionsConfig = ChatCompletionsConfig()
     #: Whether a stateless HTTP request's session is kept anyway.
     persist_ephemeral: bool = False
+    #: What the edges count (requests, open streams); ``None`` while metrics are off.
+    metrics: Metrics | None = None
+    #: ``gateway.metrics``: whether ``GET /metrics`` is served, and its auth.
+    metrics_config: MetricsConfig = MetricsConfig()
 
     @property
     def ready(self) -> bool:

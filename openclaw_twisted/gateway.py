@@ -59,6 +59,7 @@ from .web.root import GatewayRoot
 
 if TYPE_CHECKING:
     # Autobahn is imported on the first WebSocket upgrade only.
+    from .metrics import Metrics
     from .ws.server import GatewayWebSocketFactory
 
 log = Logger()
@@ -148,6 +149,7 @@ class Gateway:
         http: treq.client.HTTPClient | None = None,
         providers: Providers | None = None,
         store: ISessionStore | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
         self.reactor = reactor
@@ -169,6 +171,15 @@ class Gateway:
             else DiskSessionStore(config.state_dir, reactor=reactor if threads else None)
         )
         self.runner = AgentRunner(self.roster, self.providers, self.store, reactor)
+        #: ``GET /metrics`` (``gateway.metrics.enabled``); prometheus-client is imported only
+        #: then.  An injected one is used even when the config leaves the endpoint off.
+        if metrics is None and config.gateway.metrics.enabled:
+            from .metrics import Metrics
+
+            metrics = Metrics.create(reactor)
+        self.metrics = metrics
+        if metrics is not None:
+            self.runner.listeners.append(metrics.observe_run)
         #: When this gateway was built (reactor time): uptime counts from here.
         self.started_at: float = reactor.seconds()
         self.edge = Edge(
@@ -185,6 +196,8 @@ class Gateway:
             providers=config.providers,
             chat_completions=config.chat_completions,
             persist_ephemeral=config.persist_ephemeral,
+            metrics=self.metrics,
+            metrics_config=config.gateway.metrics,
         )
         self._http_app = GatewayHTTP(self.edge)
         self._ws_factory: GatewayWebSocketFactory | None = None
@@ -223,7 +236,12 @@ class Gateway:
 
     def site(self) -> GatewaySite:
         """A ``Site`` serving ``resource()`` (without a per-request access log)."""
-        site = GatewaySite(self.resource(), gate=self._http_app.body_gate, reactor=self.reactor)
+        site = GatewaySite(
+            self.resource(),
+            gate=self._http_app.body_gate,
+            reactor=self.reactor,
+            answered=self._http_app.count_response if self.metrics is not None else None,
+        )
         self._sites.append(site)
         return site
 

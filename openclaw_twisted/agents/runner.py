@@ -104,6 +104,11 @@ class Run:
         self.tokens: Usage | None = None
         self._created = clock.seconds()
 
+    @property
+    def created_at(self) -> float:
+        """When the run was asked for (clock seconds): its latency counts from here."""
+        return self._created
+
     def next_event(self) -> Deferred[RunEvent | None]:
         """The next event; ``None`` after the last (``lifecycle`` ``end`` or ``error``)."""
         return self._events.get()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -88,6 +88,9 @@ class RedisClient:
     clock: IReactorTime
     address: str
     timeout: float = DEFAULT_TIMEOUT
+    #: Told the kind of each RedisUnavailable (``unreachable``, ``timeout``,
+    #: ``connection_lost``): the gateway's ``Metrics.redis_error``.
+    on_error: Callable[[str], object] | None = None
 
     @classmethod
     def connect(
@@ -96,6 +99,7 @@ class RedisClient:
         url: str,
         clock: IReactorTime | None = None,
         timeout: float = DEFAULT_TIMEOUT,
+        on_error: Callable[[str], object] | None = None,
     ) -> RedisClient:
         """Start connecting (returns at once; commands fail fast until connected)."""
         host, port, db, password = parse_url(url)
@@ -108,7 +112,7 @@ class RedisClient:
         factory.startConnecting(HostnameEndpoint(reactor, host, port, timeout=timeout))
         time_source = clock if clock is not None else reactor
         assert IReactorTime.providedBy(time_source)
-        return cls(factory, factory.handler, time_source, f"{host}:{port}", timeout)
+        return cls(factory, factory.handler, time_source, f"{host}:{port}", timeout, on_error)
 
     @property
     def connected(self) -> bool:
@@ -134,11 +138,13 @@ class RedisClient:
 
     def _send(self, send: Any) -> Deferred[Any]:
         if not self.connected:
+            self._count("unreachable")
             return fail(RedisUnavailable(f"Redis at {self.address} is unreachable (reconnecting)"))
         result: Deferred[Any] = Deferred()
         inner: Deferred[Any] = send()
 
         def timed_out() -> None:
+            self._count("timeout")
             result.errback(
                 RedisUnavailable(f"Redis at {self.address} did not answer in {self.timeout:g} s")
             )
@@ -158,6 +164,7 @@ class RedisClient:
                 if outcome.check(txredisapi.ResponseError):
                     result.errback(RedisCommandError(f"Redis refused it: {outcome.value}"))
                 elif outcome.check(txredisapi.ConnectionError):
+                    self._count("connection_lost")
                     result.errback(
                         RedisUnavailable(f"lost the connection to Redis at {self.address}")
                     )
@@ -168,3 +175,7 @@ class RedisClient:
 
         inner.addBoth(done)
         return result
+
+    def _count(self, kind: str) -> None:
+        if self.on_error is not None:
+            self.on_error(kind)

@@ -7,16 +7,16 @@ from importlib.resources import files
 from typing import TYPE_CHECKING
 
 from klein import Klein
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
-from werkzeug.exceptions import MethodNotAllowed, NotFound
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from .completions import ChatCompletions
 from .errors import JSON_TYPE, error_body, json_body, not_found
 from .gate import NO_BODY, BodyRule, RouteGate, method_not_allowed
 from .request import BodyLimit, RoutePath
-from .root import root_refusal
+from .root import is_websocket_upgrade, root_refusal
 
 log = Logger()
 
@@ -41,6 +41,8 @@ class GatewayHTTP:
         self.edge = edge
         self.chat = ChatCompletions(edge)
         cc = edge.chat_completions
+        # Bound once: naming a request's route for the metrics costs one match, no more.
+        self._urls = self.app.url_map.bind("gateway")
         models = BodyRule(0, precheck=lambda r: self.chat.precheck(r, b"GET, HEAD"))
         # What each route takes as a body, by endpoint name (a route added below without an
         # entry gets the gate's small default).  A new body route brings its own line: say
@@ -55,6 +57,7 @@ class GatewayHTTP:
                 "openapi": NO_BODY,
                 "models": models,
                 "model": models,
+                "metrics": BodyRule(0, precheck=self.metrics_precheck),
                 "chat_completions": BodyRule(
                     cc.max_body_bytes, json=True, precheck=lambda r: self.chat.precheck(r, b"POST")
                 ),
@@ -65,6 +68,39 @@ class GatewayHTTP:
     def body_gate(self, request: IRequest, route: RoutePath) -> bytes | BodyLimit | None:
         """Checks a request with a body once its headers are in, before the body is read."""
         return self.gate(request, route)
+
+    def route_name(self, request: IRequest) -> str:
+        """
+        The endpoint name of the route a request reached (``chat_completions``, ``health``,
+        ...): a label from a fixed set, never the path the client wrote.  ``websocket`` for
+        an upgrade; ``none`` when no route (or not this method) serves the path.
+        """
+        if is_websocket_upgrade(request):
+            return "websocket"
+        route: RoutePath | None = getattr(request, "route", None)
+        if route is None:
+            return "none"
+        try:
+            rule, _ = self._urls.match(
+                route.text, method=request.method.decode("latin-1"), return_rule=True
+            )
+        except HTTPException:
+            return "none"
+        return str(rule.endpoint)
+
+    def count_response(self, request: IRequest, status: int) -> None:
+        """The site's ``answered``: one more request of its route and status."""
+        metrics = self.edge.metrics
+        if metrics is not None:
+            metrics.request_done(self.route_name(request), status)
+
+    def metrics_precheck(self, request: IRequest) -> bytes | None:
+        """404 while ``gateway.metrics`` is off; the bearer check unless its auth is none."""
+        if self.edge.metrics is None or not self.edge.metrics_config.enabled:
+            return not_found(request)
+        if self.edge.metrics_config.auth == "none":
+            return None
+        return self.chat.authorize(request)
 
     @app.route("/healthz", methods=["GET", "HEAD"])
     @app.route("/health", methods=["GET", "HEAD"])
@@ -81,6 +117,22 @@ class GatewayHTTP:
     def openapi(self, request: IRequest) -> bytes:
         request.setHeader(b"content-type", JSON_TYPE)
         return openapi_document()
+
+    @app.route("/metrics", methods=["GET", "HEAD"])
+    def metrics(self, request: IRequest) -> bytes | Deferred[bytes]:
+        refusal = self.metrics_precheck(request)
+        metrics = self.edge.metrics
+        if refusal is not None or metrics is None:
+            return refusal or not_found(request)
+
+        from ..metrics import CONTENT_TYPE  # prometheus-client: only once metrics are on
+
+        def send(text: bytes) -> bytes:
+            request.setHeader(b"content-type", CONTENT_TYPE)
+            request.setHeader(b"cache-control", b"no-store")
+            return text
+
+        return metrics.scrape().addCallback(send)
 
     @app.route("/v1/chat/completions", branch=False)
     async def chat_completions(self, request: IRequest) -> bytes | None:

@@ -127,8 +127,14 @@ class ChatCompletions:
                 include_usage=chat.include_usage,
                 heartbeat=self.config.heartbeat_seconds,
             )
-            stream.start()
-            await stream.done
+            metrics = self.edge.metrics
+            closed = metrics.stream_opened("sse") if metrics is not None else None
+            try:
+                stream.start()
+                await stream.done
+            finally:
+                if closed is not None:
+                    closed()
             return None
         except CancelledError:
             # The client went away (Klein cancels the handler): so does the run.

@@ -226,6 +226,10 @@ class GatewayRequest(Request):
 
     def connectionLost(self, reason: Any) -> None:
         self._stop_deadline()
+        answered = getattr(getattr(self.channel, "site", None), "answered", None)
+        if answered is not None and not self.finished and self.route is not None:
+            # The client left before the response ended (nginx's 499), so finish() never logs.
+            answered(self, 499)
         super().connectionLost(reason)
 
     def _stop_deadline(self) -> None:
@@ -439,11 +443,14 @@ class GatewaySite(Site):
         *,
         gate: BodyGate | None = None,
         reactor: IReactorTime | None = None,
+        answered: Callable[[IRequest, int], object] | None = None,
     ) -> None:
         # Form bodies are never ours to parse: Twisted would run the email package's header
         # parser over every POST's Content-Type (about 15% of a chat completion's CPU).
         super().__init__(resource, reactor=reactor, parsePOSTFormSubmission=False)
         self.gate = gate
+        #: Told of every request once answered, with its status (499: the client left first).
+        self.answered = answered
         #: The open HTTP connections (not those a WebSocket took over).
         self.channels: set[GatewayChannel] = set()
 
@@ -469,4 +476,8 @@ class GatewaySite(Site):
             timer.cancel()
 
     def log(self, request: Any) -> None:
-        pass
+        if self.answered is not None:
+            # A stream cut by the client is finished by its producer's stopProducing, which
+            # the socket calls once it knows it is gone: the client did not get it all.
+            gone = getattr(getattr(request.channel, "transport", None), "disconnected", False)
+            self.answered(request, 499 if gone else request.code)

@@ -149,6 +149,8 @@ class GatewayWebSocket(WebSocketServerProtocol):
         self._in_flight: dict[str, tuple[Run, str]] = {}
         self._tasks: set[Deferred[Any]] = set()
         self._stopping = False
+        #: Ends this connection's count in ``openclaw_streams_open`` (metrics on).
+        self._stream_closed: Callable[[], None] | None = None
 
     @property
     def _edge(self) -> Edge:
@@ -173,6 +175,9 @@ class GatewayWebSocket(WebSocketServerProtocol):
             transport.unregisterProducer()
             transport.registerProducer(self.outbox, True)
         self.factory.connections.add(self)
+        metrics = self._edge.metrics
+        if metrics is not None:
+            self._stream_closed = metrics.stream_opened("websocket")
         self.nonce = secrets.token_hex(16)
         self._send_frame(
             {
@@ -187,6 +192,8 @@ class GatewayWebSocket(WebSocketServerProtocol):
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.factory.connections.discard(self)
+        if self._stream_closed is not None:
+            self._stream_closed()
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
