@@ -89,6 +89,7 @@ class Metrics:
     multiproc: str | None = None
     #: Runs that began (reached a model) and have had no answer yet.
     _awaiting_first: set[str] = attrs.field(factory=set)
+    _request_counts: dict[tuple[str, int], Any] = attrs.field(factory=dict)
 
     @classmethod
     def create(
@@ -154,7 +155,11 @@ class Metrics:
     # Observers, each called from the reactor thread.
 
     def request_done(self, route: str, status: int) -> None:
-        self.requests.labels(route, str(status)).inc()
+        # Both labels come from small fixed sets, so this cache of children stays small.
+        child = self._request_counts.get((route, status))
+        if child is None:
+            child = self._request_counts[route, status] = self.requests.labels(route, str(status))
+        child.inc()
 
     def observe_run(self, run: Run, event: RunEvent) -> None:
         """An ``AgentRunner`` listener: outcomes, latencies, runs in flight."""

@@ -41,8 +41,10 @@ class GatewayHTTP:
         self.edge = edge
         self.chat = ChatCompletions(edge)
         cc = edge.chat_completions
-        # Bound once: naming a request's route for the metrics costs one match, no more.
+        # Bound once: naming a request's route for the metrics costs one match, no more, and
+        # none for a path a route spells out whole (a table no bigger than the routes).
         self._urls = self.app.url_map.bind("gateway")
+        self._static_routes: dict[tuple[str, bytes], str] = {}
         models = BodyRule(0, precheck=lambda r: self.chat.precheck(r, b"GET, HEAD"))
         # What each route takes as a body, by endpoint name (a route added below without an
         # entry gets the gate's small default).  A new body route brings its own line: say
@@ -80,13 +82,19 @@ class GatewayHTTP:
         route: RoutePath | None = getattr(request, "route", None)
         if route is None:
             return "none"
+        known = self._static_routes.get((route.text, request.method))
+        if known is not None:
+            return known
         try:
             rule, _ = self._urls.match(
                 route.text, method=request.method.decode("latin-1"), return_rule=True
             )
         except HTTPException:
             return "none"
-        return str(rule.endpoint)
+        name = str(rule.endpoint)
+        if not rule.arguments:
+            self._static_routes[route.text, request.method] = name
+        return name
 
     def count_response(self, request: IRequest, status: int) -> None:
         """The site's ``answered``: one more request of its route and status."""

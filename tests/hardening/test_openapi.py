@@ -62,6 +62,7 @@ class SchemathesisTests(TestCase):
                 "gateway": {
                     "auth": {"mode": "token", "token": TOKEN},
                     "http": {"endpoints": {"chatCompletions": {"enabled": True}}},
+                    "metrics": {"enabled": True},
                 }
             },
             {"OPENCLAW_STATE_DIR": state},
