@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import attrs
 import txaio
 
 txaio.use_twisted()
@@ -18,33 +16,26 @@ from autobahn.twisted.websocket import (  # noqa: E402
     WebSocketServerFactory,
     WebSocketServerProtocol,
 )
-from twisted.internet.defer import Deferred, ensureDeferred, succeed  # noqa: E402
+from twisted.internet.defer import Deferred, ensureDeferred  # noqa: E402
 from twisted.internet.interfaces import IDelayedCall, IReactorTime  # noqa: E402
 from twisted.logger import Logger  # noqa: E402
 
 from .. import _json as strict_json  # noqa: E402
-from ..agents.events import (  # noqa: E402
-    FINAL_EVENTS,
-    RunError,
-    RunEvent,
-    RunRequest,
-    RunResult,
-    TextDelta,
-    to_json,
-)
-from ..agents.runner import Run, UnknownAgent  # noqa: E402
+from .._version import __version__  # noqa: E402
+from ..agents.events import FINAL_EVENTS, RunEvent  # noqa: E402
+from ..agents.runner import Run  # noqa: E402
 from ..auth import LOCKED_OUT  # noqa: E402
-from ..limits import TooManyRuns  # noqa: E402
 from . import methods  # noqa: E402
-from .methods import MethodError, dumps, integer, invalid, text  # noqa: E402
+from .handlers import HANDLERS, PROTOCOL_VERSION, Call, Handler  # noqa: E402
+from .methods import MethodError, dumps, invalid  # noqa: E402
 from .outbox import Outbox  # noqa: E402
+from .runs import RunRegistry  # noqa: E402
 
 if TYPE_CHECKING:
     from ..edge import Edge
 
 log = Logger()
 
-PROTOCOL_VERSION = 3
 MiB = 1024 * 1024
 #: Largest frame accepted from a client (a long pasted message fits; images do not go here).
 MAX_PAYLOAD = 4 * MiB
@@ -52,79 +43,17 @@ MAX_PAYLOAD = 4 * MiB
 MAX_BUFFERED_BYTES = 8 * MiB
 TICK_SECONDS = 30.0
 CONNECT_TIMEOUT_SECONDS = 10.0
-#: Runs remembered for ``agent.wait`` and ``idempotencyKey`` after they end.
-REMEMBERED_RUNS = 256
-#: The shortest time between two ``assistant`` events of one run to an observer (OpenClaw
-#: throttles its chat deltas the same way): the deltas in between go out merged as one.
-BROADCAST_INTERVAL = 0.150
 #: RFC 6455 close codes (Autobahn's public ``sendClose`` only allows 1000 and 3000-4999).
 CLOSE_GOING_AWAY = 1001
 CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_POLICY_VIOLATION = 1008
 
-METHODS = (
-    "health",
-    "status",
-    "agents.list",
-    "models.list",
-    "sessions.list",
-    "agent",
-    "agent.wait",
-    "chat.send",
-    "chat.history",
-    "chat.abort",
-)
+METHODS = tuple(HANDLERS)
 EVENTS = ("connect.challenge", "agent", "chat", "tick", "shutdown")
-#: How a run's failure kind becomes a protocol error code.
-ERROR_CODES = {"agent_timeout": "AGENT_TIMEOUT", "aborted": "ABORTED", "internal_error": "INTERNAL"}
 #: Which runs end with the connection that started them: a ``chat.send`` answer goes only to
 #: its requester, while an ``agent`` run is reached again by ``agent.wait`` or its
 #: ``idempotencyKey`` from a new connection (OpenClaw keeps those running too).
 CANCELLED_ON_CLOSE = frozenset({"chat"})
-
-
-def _version() -> str:
-    from .._version import __version__
-
-    return __version__
-
-
-@attrs.define
-class Tracked:
-    """A run started over WebSocket, remembered for ``agent.wait`` and idempotent repeats."""
-
-    run: Run
-    accepted_at: int
-    ended_at: int | None = None
-
-
-def run_error(error: RunError, run_id: str) -> MethodError:
-    details: dict[str, Any] = {"kind": error.kind, "runId": run_id}
-    if error.retry_after is not None:
-        details["retryAfter"] = error.retry_after
-    return MethodError(ERROR_CODES.get(error.kind, "UNAVAILABLE"), error.message, details)
-
-
-class _Watch:
-    """One run's answer on its way to the observers: how much of it each has had."""
-
-    def __init__(self, run_id: str) -> None:
-        self.run_id = run_id
-        #: The deltas seen since the run was first watched (the first may be all before it).
-        self.parts: list[str] = []
-        self.latest: TextDelta | None = None
-        #: How many of ``parts`` each observer has been sent.
-        self.sent: dict[GatewayWebSocket, int] = {}
-        self.flushed_at = float("-inf")
-        self.timer: IDelayedCall | None = None
-
-    def add(self, event: TextDelta, keeps_text: bool) -> None:
-        if self.latest is None and keeps_text:
-            # Watched from mid-run: the answer so far, joined once.
-            self.parts.append(event.text)
-        else:
-            self.parts.append(event.delta)
-        self.latest = event
 
 
 class GatewayWebSocket(WebSocketServerProtocol):
@@ -143,8 +72,6 @@ class GatewayWebSocket(WebSocketServerProtocol):
         self._greeted = False  # the first frame was seen (whatever it was)
         self._seq = 0
         self._timer: IDelayedCall | None = None
-        #: Runs this connection started: their events reach it through a pulled pump.
-        self._own: set[str] = set()
         #: Runs this connection started that have not ended, and which method started them.
         self._in_flight: dict[str, tuple[Run, str]] = {}
         self._tasks: set[Deferred[Any]] = set()
@@ -155,6 +82,18 @@ class GatewayWebSocket(WebSocketServerProtocol):
     @property
     def _edge(self) -> Edge:
         return self.factory.edge
+
+    @property
+    def registry(self) -> RunRegistry[GatewayWebSocket]:
+        return self.factory.registry
+
+    @property
+    def max_payload(self) -> int:
+        return self.factory.max_payload
+
+    @property
+    def started_ms(self) -> int:
+        return self.factory.started_ms
 
     # Connection lifecycle.
 
@@ -174,7 +113,7 @@ class GatewayWebSocket(WebSocketServerProtocol):
             # The HTTP channel that served the upgrade is still registered on the socket.
             transport.unregisterProducer()
             transport.registerProducer(self.outbox, True)
-        self.factory.connections.add(self)
+        self.registry.connections.add(self)
         metrics = self._edge.metrics
         if metrics is not None:
             self._stream_closed = metrics.stream_opened("websocket")
@@ -191,7 +130,7 @@ class GatewayWebSocket(WebSocketServerProtocol):
         )
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        self.factory.connections.discard(self)
+        self.registry.connections.discard(self)
         if self._stream_closed is not None:
             self._stream_closed()
         if self._timer is not None and self._timer.active():
@@ -377,7 +316,7 @@ class GatewayWebSocket(WebSocketServerProtocol):
         return {
             "type": "hello-ok",
             "protocol": PROTOCOL_VERSION,
-            "server": {"version": _version(), "connId": self.conn_id},
+            "server": {"version": __version__, "connId": self.conn_id},
             "features": {"methods": list(METHODS), "events": list(EVENTS)},
             "snapshot": {
                 "presence": [],
@@ -414,7 +353,7 @@ class GatewayWebSocket(WebSocketServerProtocol):
         method, params = frame["method"], frame.get("params")
         if params is None:
             params = {}
-        handler = self._handlers().get(method)
+        handler = HANDLERS.get(method)
         if handler is None:
             error = invalid(f"unknown method '{method}'")
             if method == "connect":
@@ -438,10 +377,10 @@ class GatewayWebSocket(WebSocketServerProtocol):
         d.addBoth(done)
 
     async def _handle(
-        self, req_id: str, method: str, handler: Callable[..., Any], params: dict[str, Any]
+        self, req_id: str, method: str, handler: Handler, params: dict[str, Any]
     ) -> None:
         try:
-            payload = await handler(req_id, params)
+            payload = await handler(self._edge, self, Call(req_id, params))
         except MethodError as e:
             self.reply_error(req_id, e)
         except Exception:
@@ -451,84 +390,17 @@ class GatewayWebSocket(WebSocketServerProtocol):
             if payload is not None:
                 self.reply(req_id, payload)
 
-    def _handlers(self) -> dict[str, Callable[..., Any]]:
-        return {
-            "health": self._simple(methods.health),
-            "status": self._status,
-            "agents.list": self._simple(methods.agents_list),
-            "models.list": self._simple(methods.models_list),
-            "sessions.list": self._sessions_list,
-            "agent": self._agent,
-            "agent.wait": self._agent_wait,
-            "chat.send": self._chat_send,
-            "chat.history": self._chat_history,
-            "chat.abort": self._chat_abort,
-        }
+    # Runs this connection started.
 
-    def _simple(self, fn: Callable[[Edge, dict[str, Any]], dict[str, Any]]) -> Any:
-        async def handler(req_id: str, params: dict[str, Any]) -> dict[str, Any]:
-            return fn(self._edge, params)
+    def runs_in_flight(self) -> int:
+        return len(self._in_flight)
 
-        return handler
-
-    # Methods.
-
-    async def _status(self, req_id: str, params: dict[str, Any]) -> dict[str, Any]:
-        edge = self._edge
-        return {
-            "version": _version(),
-            "protocol": PROTOCOL_VERSION,
-            "ready": edge.ready,
-            "uptimeMs": self._now_ms() - self.factory.started_ms,
-            "connections": sum(1 for c in self.factory.connections if c.authenticated),
-            "activeRuns": len(edge.runner.active),
-            "agents": list(edge.roster.ids),
-            "defaultAgentId": edge.roster.default_id,
-        }
-
-    async def _sessions_list(self, req_id: str, params: dict[str, Any]) -> dict[str, Any]:
-        return await methods.sessions_list(self._edge, params)
-
-    async def _chat_history(self, req_id: str, params: dict[str, Any]) -> dict[str, Any]:
-        return await methods.chat_history(self._edge, params, self.factory.max_payload)
-
-    def _start(self, kind: str, params: dict[str, Any]) -> tuple[Tracked, bool]:
-        """The run a request asks for: a new one, or the one its ``idempotencyKey`` started."""
-        message = text(params, "message", required=True)
-        assert message is not None
-        key = text(params, "idempotencyKey")
-        if key is not None:
-            tracked = self.factory.by_key(kind, key)
-            if tracked is not None:
-                return tracked, False
-        agent_id, session_key = methods.target(self._edge, params)
-        extra = text(params, "extraSystemPrompt") or ""
-        if not self._edge.ready:
-            raise MethodError("UNAVAILABLE", "The gateway is shutting down.")
-        limits = self._edge.limits
-        try:
-            limits.admit(self.client_ip, len(self._in_flight))
-        except TooManyRuns as e:
-            details = {"scope": e.scope, "limit": e.limit, "configKey": e.key}
-            raise MethodError("RATE_LIMITED", e.message, details) from None
-        run_id = str(uuid.uuid4())
-        # Owned before it starts: a run may emit its first events inside start().
-        self._own.add(run_id)
-        try:
-            run = self._edge.runner.start(
-                RunRequest(agent_id, session_key, message, extra_system_prompt=extra, run_id=run_id)
-            )
-        except UnknownAgent as e:
-            self._own.discard(run_id)
-            raise invalid(e.message) from None
-        limits.hold(self.client_ip, run)
+    def hold(self, run: Run, kind: str) -> None:
+        run_id = run.run_id
         self._in_flight[run_id] = (run, kind)
         run.wait().addCallback(lambda _: self._in_flight.pop(run_id, None))
-        tracked = Tracked(run, self._now_ms())
-        self.factory.remember(tracked, kind, key)
-        return tracked, True
 
-    async def _pump(self, run: Run, send: Callable[[RunEvent], object]) -> None:
+    async def pump(self, run: Run, send: Callable[[RunEvent], object]) -> None:
         """
         Pull the run's events only while the socket takes them (backpressure to the model).
 
@@ -556,106 +428,7 @@ class GatewayWebSocket(WebSocketServerProtocol):
                     failed = True
                     run.cancel("internal_error")
         finally:
-            self._own.discard(run.run_id)
-
-    def _agent_event(self, event: RunEvent) -> None:
-        self.send_event("agent", to_json(event))
-
-    async def _agent(self, req_id: str, params: dict[str, Any]) -> dict[str, Any]:
-        tracked, fresh = self._start("agent", params)
-        run = tracked.run
-        self.reply(
-            req_id, {"runId": run.run_id, "status": "accepted", "acceptedAt": tracked.accepted_at}
-        )
-        if fresh:
-            await self._pump(run, self._agent_event)
-        result = await run.wait()
-        if result.error is not None:
-            raise run_error(result.error, run.run_id)
-        return {
-            "runId": run.run_id,
-            "status": "ok",
-            "summary": "completed",
-            "result": {
-                "payloads": [{"text": result.text}],
-                "meta": {
-                    "usage": result.usage.to_json(),
-                    "stopReason": result.stop_reason,
-                    "agentId": result.agent_id,
-                    "sessionKey": result.session_key,
-                },
-            },
-        }
-
-    async def _chat_send(self, req_id: str, params: dict[str, Any]) -> None:
-        tracked, fresh = self._start("chat", params)
-        run = tracked.run
-        status = "started" if fresh else ("in_flight" if run.result is None else "ok")
-        self.reply(req_id, {"runId": run.run_id, "status": status})
-        if not fresh:
-            return
-        so_far = [""]
-
-        def send(event: RunEvent) -> None:
-            if isinstance(event, TextDelta):
-                so_far[0] = event.text
-            payload = methods.chat_event(event, so_far[0])
-            if payload is not None:
-                self.send_event("chat", payload)
-
-        await self._pump(run, send)
-
-    async def _agent_wait(self, req_id: str, params: dict[str, Any]) -> dict[str, Any]:
-        run_id = text(params, "runId", required=True)
-        timeout_ms = integer(params, "timeoutMs", 30_000, 0, 24 * 3600 * 1000)
-        tracked = self.factory.runs.get(run_id or "")
-        run = tracked.run if tracked is not None else self._edge.runner.active.get(run_id or "")
-        if run is None:
-            raise invalid(f"unknown runId '{run_id}'")
-        result = await self._wait(run, timeout_ms / 1000)
-        out: dict[str, Any] = {"runId": run_id}
-        if tracked is not None:
-            out["startedAt"] = tracked.accepted_at
-        if result is None:
-            return {**out, "status": "timeout"}
-        if tracked is not None and tracked.ended_at is not None:
-            out["endedAt"] = tracked.ended_at
-        if result.error is not None:
-            return {**out, "status": "error", "error": result.error.to_json()}
-        return {**out, "status": "ok", "stopReason": result.stop_reason}
-
-    def _wait(self, run: Run, seconds: float) -> Deferred[RunResult | None]:
-        if run.result is not None:
-            return succeed(run.result)
-        d: Deferred[RunResult | None] = Deferred()
-
-        def ended(result: RunResult) -> None:
-            if not d.called:
-                timer.cancel()
-                d.callback(result)
-
-        def expired() -> None:
-            if not d.called:
-                d.callback(None)
-
-        timer = self._edge.clock.callLater(seconds, expired)
-        run.wait().addCallback(ended)
-        return d
-
-    async def _chat_abort(self, req_id: str, params: dict[str, Any]) -> dict[str, Any]:
-        key = text(params, "sessionKey")
-        run_id = text(params, "runId")
-        if key is None and run_id is None:
-            raise invalid("chat.abort needs 'sessionKey' or 'runId'")
-        active = self._edge.runner.active
-        runs = [
-            r
-            for r in active.values()
-            if (run_id is None or r.run_id == run_id) and (key is None or r.session_key == key)
-        ]
-        for r in runs:
-            r.cancel("aborted")
-        return {"ok": True, "aborted": bool(runs), "runIds": [r.run_id for r in runs]}
+            self.registry.disown(run.run_id)
 
     # Gateway stop.
 
@@ -671,7 +444,7 @@ class GatewayWebSocket(WebSocketServerProtocol):
 
 
 class GatewayWebSocketFactory(WebSocketServerFactory):
-    """Holds the edge, the open connections, and the runs started over WebSocket."""
+    """Holds the edge, the connection settings, and the registry of connections and runs."""
 
     protocol = GatewayWebSocket  # type: ignore[assignment]
 
@@ -693,109 +466,25 @@ class GatewayWebSocketFactory(WebSocketServerFactory):
             maxMessagePayloadSize=max_payload, maxFramePayloadSize=max_payload, failByDrop=False
         )
         self.started_ms = int(edge.started_at * 1000)
-        self.connections: set[GatewayWebSocket] = set()
-        self.runs: OrderedDict[str, Tracked] = OrderedDict()
-        self._keys: OrderedDict[tuple[str, str], str] = OrderedDict()
-        #: Runs whose ``assistant`` events observers get merged, by run id.
-        self._watches: dict[str, _Watch] = {}
-        #: When merged events go out (the edge's clock; a test may set a ``Clock``).
-        self.clock: IReactorTime = edge.clock
-        edge.runner.listeners.append(self._broadcast)
+        self.registry: RunRegistry[GatewayWebSocket] = RunRegistry(edge.clock, edge.now_ms)
+        edge.runner.listeners.append(self.registry.broadcast)
 
-    def by_key(self, kind: str, key: str) -> Tracked | None:
-        run_id = self._keys.get((kind, key))
-        return self.runs.get(run_id) if run_id is not None else None
+    @property
+    def connections(self) -> set[GatewayWebSocket]:
+        return self.registry.connections
 
-    def remember(self, tracked: Tracked, kind: str, key: str | None) -> None:
-        run_id = tracked.run.run_id
-        self.runs[run_id] = tracked
-        if key is not None:
-            self._keys[(kind, key)] = run_id
+    @property
+    def clock(self) -> IReactorTime:
+        """When merged broadcast events go out (the edge's clock; a test may set a ``Clock``)."""
+        return self.registry.clock
 
-        def ended(result: RunResult) -> None:
-            tracked.ended_at = self.edge.now_ms()
-
-        tracked.run.wait().addCallback(ended)
-        while len(self.runs) > REMEMBERED_RUNS:
-            self.runs.popitem(last=False)
-        while len(self._keys) > REMEMBERED_RUNS:
-            self._keys.popitem(last=False)
-
-    def _observers(self, run_id: str) -> list[GatewayWebSocket]:
-        return [c for c in self.connections if c.authenticated and run_id not in c._own]
-
-    def _broadcast(self, run: Run, event: RunEvent) -> None:
-        """Every run's events go to every other authenticated client (best effort, bounded)."""
-        run_id = run.run_id
-        watch = self._watches.get(run_id)
-        if isinstance(event, TextDelta):
-            if watch is None:
-                if not self._observers(run_id):
-                    return
-                watch = self._watches[run_id] = _Watch(run_id)
-            watch.add(event, run.request.keep_text or run.request.persist)
-            if watch.timer is None:
-                due = watch.flushed_at + BROADCAST_INTERVAL - self.clock.seconds()
-                if due <= 0:
-                    self._flush(watch)
-                else:
-                    watch.timer = self.clock.callLater(due, self._flush, watch)
-            return
-        if watch is not None and isinstance(event, FINAL_EVENTS):
-            # Whatever was held back goes out before the end, to every observer.
-            self._flush(watch, force=True)
-            del self._watches[run_id]
-        observers = self._observers(run_id)
-        if observers:
-            payload = dumps(to_json(event))
-            for conn in observers:
-                conn.send_encoded_event("agent", payload)
-
-    def _flush(self, watch: _Watch, force: bool = False) -> None:
-        """
-        One ``assistant`` event to each observer, its ``delta`` all the deltas it has not had
-        yet. An observer whose socket is backed up is passed over until it drains (tried
-        again an interval later) instead of queueing more; ``force`` sends to every one.
-        """
-        if watch.timer is not None:
-            if watch.timer.active():
-                watch.timer.cancel()
-            watch.timer = None
-        latest = watch.latest
-        if latest is None:
-            return
-        watch.flushed_at = self.clock.seconds()
-        count = len(watch.parts)
-        groups: dict[int, list[GatewayWebSocket]] = {}
-        behind = False
-        for conn in self._observers(watch.run_id):
-            had = watch.sent.get(conn, 0)
-            if had >= count:
-                continue
-            if not force and not conn.takes_more():
-                behind = True
-                continue
-            groups.setdefault(had, []).append(conn)
-        for had, conns in groups.items():
-            payload = dumps(
-                {
-                    "runId": latest.run_id,
-                    "seq": latest.seq,
-                    "ts": latest.ts,
-                    "sessionKey": latest.session_key,
-                    "stream": "assistant",
-                    "data": {"delta": "".join(watch.parts[had:])},
-                }
-            )
-            for conn in conns:
-                conn.send_encoded_event("agent", payload)
-                watch.sent[conn] = count
-        if behind and not force:
-            watch.timer = self.clock.callLater(BROADCAST_INTERVAL, self._flush, watch)
+    @clock.setter
+    def clock(self, clock: IReactorTime) -> None:
+        self.registry.clock = clock
 
     def shutdown(self) -> None:
         """Tell every connected client the gateway is going away."""
-        for conn in list(self.connections):
+        for conn in list(self.registry.connections):
             conn.shutdown()
 
 

@@ -17,7 +17,7 @@ from .helpers import TOKEN, make_gateway, open_session, serve, until_end, ws_fac
 
 DELTAS = 10_000
 STEP = 0.001  # the model's pace on the clock: 10,000 deltas in 10 s
-INTERVAL = 0.150  # ws.server.BROADCAST_INTERVAL, as OpenClaw throttles its chat deltas
+INTERVAL = 0.150  # ws.runs.BROADCAST_INTERVAL, as OpenClaw throttles its chat deltas
 
 
 async def drain(run: Run) -> None:

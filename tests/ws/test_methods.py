@@ -314,7 +314,7 @@ class MethodTests(TestCase):
         assistant = [d for d in seen if "delta" in d]
         self.assertEqual(assistant[0]["delta"], "Hello")
         self.assertEqual("".join(d["delta"] for d in assistant), "Hello from the script.")
-        self.assertEqual(self.gateway._ws_factory._watches, {})  # forgotten at the end
+        self.assertEqual(self.gateway._ws_factory.registry._watches, {})  # forgotten at the end
 
     async def test_in_flight_run_answers_before_shutdown_close(self) -> None:
         s = await self.start(Script(hang=True))

@@ -1,0 +1,266 @@
+"""The WebSocket protocol's methods: one table of handlers, each ``(edge, connection, call)``."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+import attrs
+from twisted.internet.defer import Deferred, succeed
+
+from .._version import __version__
+from ..agents.events import RunError, RunEvent, RunRequest, RunResult, TextDelta, to_json
+from ..agents.runner import Run, UnknownAgent
+from ..limits import TooManyRuns
+from . import methods
+from .methods import MethodError, integer, invalid, text
+from .runs import RunRegistry, Tracked
+
+if TYPE_CHECKING:
+    from ..edge import Edge
+
+PROTOCOL_VERSION = 3
+#: How a run's failure kind becomes a protocol error code.
+ERROR_CODES = {"agent_timeout": "AGENT_TIMEOUT", "aborted": "ABORTED", "internal_error": "INTERNAL"}
+
+
+@attrs.frozen
+class Call:
+    """One request: its ``id`` (for the response) and its ``params`` object."""
+
+    id: str
+    params: dict[str, Any]
+
+
+class Connection(Protocol):
+    """What the handlers use of the connection a request came in on."""
+
+    client_ip: str
+
+    @property
+    def registry(self) -> RunRegistry[Any]:
+        """The runs started over WebSocket and the open connections (shared by all)."""
+
+    @property
+    def max_payload(self) -> int: ...
+
+    @property
+    def started_ms(self) -> int:
+        """When the gateway started (``edge`` clock, ms): uptime counts from here."""
+
+    def reply(self, req_id: Any, payload: dict[str, Any]) -> None: ...
+
+    def send_event(self, event: str, payload: dict[str, Any]) -> None: ...
+
+    def runs_in_flight(self) -> int:
+        """How many runs this connection started that have not ended."""
+
+    def hold(self, run: Run, kind: str) -> None:
+        """Count ``run`` (started by a ``kind`` request) as this connection's until it ends."""
+
+    def pump(self, run: Run, send: Callable[[RunEvent], object]) -> Awaitable[None]:
+        """Send the run's events as the socket takes them; done after the last."""
+
+
+Handler = Callable[["Edge", Connection, Call], Awaitable[dict[str, Any] | None]]
+
+
+def run_error(error: RunError, run_id: str) -> MethodError:
+    details: dict[str, Any] = {"kind": error.kind, "runId": run_id}
+    if error.retry_after is not None:
+        details["retryAfter"] = error.retry_after
+    return MethodError(ERROR_CODES.get(error.kind, "UNAVAILABLE"), error.message, details)
+
+
+# Read-only methods.
+
+
+async def health(edge: Edge, conn: Connection, call: Call) -> dict[str, Any]:
+    return methods.health(edge, call.params)
+
+
+async def status(edge: Edge, conn: Connection, call: Call) -> dict[str, Any]:
+    return {
+        "version": __version__,
+        "protocol": PROTOCOL_VERSION,
+        "ready": edge.ready,
+        "uptimeMs": edge.now_ms() - conn.started_ms,
+        "connections": sum(1 for c in conn.registry.connections if c.authenticated),
+        "activeRuns": len(edge.runner.active),
+        "agents": list(edge.roster.ids),
+        "defaultAgentId": edge.roster.default_id,
+    }
+
+
+async def agents_list(edge: Edge, conn: Connection, call: Call) -> dict[str, Any]:
+    return methods.agents_list(edge, call.params)
+
+
+async def models_list(edge: Edge, conn: Connection, call: Call) -> dict[str, Any]:
+    return methods.models_list(edge, call.params)
+
+
+async def sessions_list(edge: Edge, conn: Connection, call: Call) -> dict[str, Any]:
+    return await methods.sessions_list(edge, call.params)
+
+
+async def chat_history(edge: Edge, conn: Connection, call: Call) -> dict[str, Any]:
+    return await methods.chat_history(edge, call.params, conn.max_payload)
+
+
+# Runs.
+
+
+def start_run(
+    edge: Edge, conn: Connection, kind: str, params: dict[str, Any]
+) -> tuple[Tracked, bool]:
+    """The run a request asks for: a new one, or the one its ``idempotencyKey`` started."""
+    message = text(params, "message", required=True)
+    assert message is not None
+    key = text(params, "idempotencyKey")
+    registry = conn.registry
+    if key is not None:
+        tracked = registry.by_key(kind, key)
+        if tracked is not None:
+            return tracked, False
+    agent_id, session_key = methods.target(edge, params)
+    extra = text(params, "extraSystemPrompt") or ""
+    if not edge.ready:
+        raise MethodError("UNAVAILABLE", "The gateway is shutting down.")
+    try:
+        edge.limits.admit(conn.client_ip, conn.runs_in_flight())
+    except TooManyRuns as e:
+        details = {"scope": e.scope, "limit": e.limit, "configKey": e.key}
+        raise MethodError("RATE_LIMITED", e.message, details) from None
+    run_id = str(uuid.uuid4())
+    # Owned before it starts: a run may emit its first events inside start().
+    registry.own(run_id, conn)
+    try:
+        run = edge.runner.start(
+            RunRequest(agent_id, session_key, message, extra_system_prompt=extra, run_id=run_id)
+        )
+    except UnknownAgent as e:
+        registry.disown(run_id)
+        raise invalid(e.message) from None
+    edge.limits.hold(conn.client_ip, run)
+    conn.hold(run, kind)
+    tracked = Tracked(run, edge.now_ms())
+    registry.remember(tracked, kind, key)
+    return tracked, True
+
+
+async def agent(edge: Edge, conn: Connection, call: Call) -> dict[str, Any]:
+    tracked, fresh = start_run(edge, conn, "agent", call.params)
+    run = tracked.run
+    conn.reply(
+        call.id, {"runId": run.run_id, "status": "accepted", "acceptedAt": tracked.accepted_at}
+    )
+    if fresh:
+        await conn.pump(run, lambda event: conn.send_event("agent", to_json(event)))
+    result = await run.wait()
+    if result.error is not None:
+        raise run_error(result.error, run.run_id)
+    return {
+        "runId": run.run_id,
+        "status": "ok",
+        "summary": "completed",
+        "result": {
+            "payloads": [{"text": result.text}],
+            "meta": {
+                "usage": result.usage.to_json(),
+                "stopReason": result.stop_reason,
+                "agentId": result.agent_id,
+                "sessionKey": result.session_key,
+            },
+        },
+    }
+
+
+async def chat_send(edge: Edge, conn: Connection, call: Call) -> None:
+    tracked, fresh = start_run(edge, conn, "chat", call.params)
+    run = tracked.run
+    status = "started" if fresh else ("in_flight" if run.result is None else "ok")
+    conn.reply(call.id, {"runId": run.run_id, "status": status})
+    if not fresh:
+        return
+    so_far = [""]
+
+    def send(event: RunEvent) -> None:
+        if isinstance(event, TextDelta):
+            so_far[0] = event.text
+        payload = methods.chat_event(event, so_far[0])
+        if payload is not None:
+            conn.send_event("chat", payload)
+
+    await conn.pump(run, send)
+
+
+async def agent_wait(edge: Edge, conn: Connection, call: Call) -> dict[str, Any]:
+    run_id = text(call.params, "runId", required=True)
+    timeout_ms = integer(call.params, "timeoutMs", 30_000, 0, 24 * 3600 * 1000)
+    tracked = conn.registry.runs.get(run_id or "")
+    run = tracked.run if tracked is not None else edge.runner.active.get(run_id or "")
+    if run is None:
+        raise invalid(f"unknown runId '{run_id}'")
+    result = await _wait(edge, run, timeout_ms / 1000)
+    out: dict[str, Any] = {"runId": run_id}
+    if tracked is not None:
+        out["startedAt"] = tracked.accepted_at
+    if result is None:
+        return {**out, "status": "timeout"}
+    if tracked is not None and tracked.ended_at is not None:
+        out["endedAt"] = tracked.ended_at
+    if result.error is not None:
+        return {**out, "status": "error", "error": result.error.to_json()}
+    return {**out, "status": "ok", "stopReason": result.stop_reason}
+
+
+def _wait(edge: Edge, run: Run, seconds: float) -> Deferred[RunResult | None]:
+    """The run's result, or ``None`` once ``seconds`` have passed without one."""
+    if run.result is not None:
+        return succeed(run.result)
+    d: Deferred[RunResult | None] = Deferred()
+
+    def ended(result: RunResult) -> None:
+        if not d.called:
+            timer.cancel()
+            d.callback(result)
+
+    def expired() -> None:
+        if not d.called:
+            d.callback(None)
+
+    timer = edge.clock.callLater(seconds, expired)
+    run.wait().addCallback(ended)
+    return d
+
+
+async def chat_abort(edge: Edge, conn: Connection, call: Call) -> dict[str, Any]:
+    key = text(call.params, "sessionKey")
+    run_id = text(call.params, "runId")
+    if key is None and run_id is None:
+        raise invalid("chat.abort needs 'sessionKey' or 'runId'")
+    runs = [
+        r
+        for r in edge.runner.active.values()
+        if (run_id is None or r.run_id == run_id) and (key is None or r.session_key == key)
+    ]
+    for r in runs:
+        r.cancel("aborted")
+    return {"ok": True, "aborted": bool(runs), "runIds": [r.run_id for r in runs]}
+
+
+#: Every method a connected client may call, in the order ``hello-ok`` lists them.
+HANDLERS: dict[str, Handler] = {
+    "health": health,
+    "status": status,
+    "agents.list": agents_list,
+    "models.list": models_list,
+    "sessions.list": sessions_list,
+    "agent": agent,
+    "agent.wait": agent_wait,
+    "chat.send": chat_send,
+    "chat.history": chat_history,
+    "chat.abort": chat_abort,
+}
