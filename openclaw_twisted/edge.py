@@ -73,4 +73,5 @@ class Edge:
         return self.client_address.resolve(host, forwarded)
 
     def now_ms(self) -> int:
+        """The clock's time in whole milliseconds (the protocol's timestamps)."""
         return int(self.clock.seconds() * 1000)
