@@ -281,6 +281,10 @@ def _messages(input_: Any) -> list[dict[str, Any]]:
         if not isinstance(item, dict):
             raise InvalidRequest(f"`input[{i}]` must be an object.", "input", "invalid_type")
         kind = item.get("type", "message" if "role" in item else None)
+        if not isinstance(kind, str):
+            raise InvalidRequest(
+                f"`input[{i}].type` must be a string such as 'message'.", "input", "invalid_type"
+            )
         if kind == "message":
             messages.append(_message(item, i))
         elif kind == "function_call_output":
@@ -288,7 +292,7 @@ def _messages(input_: Any) -> list[dict[str, Any]]:
         elif kind in SKIPPED_ITEMS:
             continue
         else:
-            shown = kind if isinstance(kind, str) and len(kind) <= 64 else "(none)"
+            shown = kind if len(kind) <= 64 else kind[:64] + "..."
             raise InvalidRequest(
                 f"`input[{i}]` has an unsupported type '{shown}': send `message` or "
                 "`function_call_output` items.",

@@ -8,8 +8,9 @@ from twisted.web.iweb import IRequest
 
 from ..agents.roster import RouteError
 from ..agents.store import session_key_error
+from .chat import InvalidRequest, decode_body
 from .errors import error_envelope, json_body
-from .gate import method_not_allowed
+from .gate import json_content_type, method_not_allowed
 
 if TYPE_CHECKING:
     from ..edge import Edge
@@ -93,6 +94,17 @@ class SessionRoutes:
             refusal = self.precheck(request, b"POST")
             if refusal is not None:
                 return refusal
+        content: Any = request.content
+        body = content.read() if content is not None else b""
+        if body:
+            if not getattr(request, "prechecked", False):
+                refusal = json_content_type(request)
+                if refusal is not None:
+                    return refusal
+            try:
+                decode_body(body)  # nothing is read from it, but it must be an object
+            except InvalidRequest as e:
+                return _refusal(request, 400, e.message, "invalid_request_error")
         target = self._target(request, key)
         if isinstance(target, bytes):
             return target
