@@ -7,6 +7,8 @@ from typing import Any
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
+from openclaw_twisted import parse_config
+from openclaw_twisted.config import ConfigError
 from openclaw_twisted.providers.interface import ProviderError
 from openclaw_twisted.testing import Script, ScriptedProvider, parse_sse
 
@@ -57,6 +59,14 @@ class EnablingTests(Base):
         self.assertEqual(r.status, 200)
         self.assertEqual(r.json()["data"][0]["id"], "openclaw")
         self.assertEqual(self.call("POST", "/v1/chat/completions", {"messages": []}).status, 404)
+
+    def test_config_key_is_checked(self) -> None:
+        data = {"gateway": {"http": {"endpoints": {"responses": {"enabled": "yes"}}}}}
+        with self.assertRaises(ConfigError) as caught:
+            parse_config(data, {"OPENCLAW_STATE_DIR": self.mktemp()})
+        self.assertIn("gateway.http.endpoints.responses.enabled", str(caught.exception))
+        defaults = parse_config({}, {"OPENCLAW_STATE_DIR": self.mktemp()}).gateway.responses
+        self.assertEqual((defaults.enabled, defaults.max_body_bytes), (False, 20 * 1024 * 1024))
 
     def test_start_line_names_the_endpoint(self) -> None:
         self.serve()

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import attrs
 import openai
 from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from openclaw_twisted import Gateway, parse_config
+from openclaw_twisted import Gateway, load_config, parse_config
+from openclaw_twisted.config import ResponsesConfig
 from openclaw_twisted.providers.interface import Usage
 from openclaw_twisted.testing import FakeUpstream, Reply
 
-from ..support import http_client, listen
+from ..support import REPO, http_client, listen
 from .memory import TOKEN
 from .test_loopback import RawClient, request_bytes, until
 from .test_upstream import provider_json
@@ -309,3 +313,29 @@ class ResponsesSDKTests(TestCase):
         r = await http.get(f"{self.url}/sessions/{quoted}/history")
         self.assertEqual(r.code, 401)
         await r.content()
+
+
+class ReadmeResponsesExampleTests(TestCase):
+    async def test_readme_responses_example_runs(self) -> None:
+        with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+            readme = f.read()
+        m = re.search(r"<!-- responses-example -->\n```python\n(.*?)```", readme, re.S)
+        assert m is not None, "README lost its client.responses example"
+        code = m.group(1)
+        config = load_config(
+            os.path.join(REPO, "examples", "openclaw.json5"), {"OPENCLAW_STATE_DIR": self.mktemp()}
+        )
+        on = attrs.evolve(config.gateway, responses=ResponsesConfig(enabled=True))
+        gateway = Gateway(attrs.evolve(config, gateway=on), reactor)
+        self.addCleanup(lambda: gateway.shutdown(0))
+        url = await listen(self, gateway)
+        code = code.replace("http://127.0.0.1:18789", url)
+        printed: list[str] = []
+
+        def fake_print(*args: Any, end: str = "\n", **kw: Any) -> None:
+            printed.append(" ".join(map(str, args)) + end)
+
+        await deferToThread(exec, compile(code, "README.md", "exec"), {"print": fake_print})
+        # The built-in echo model answers with the turn's own text.
+        self.assertEqual("".join(printed), "My name is Ada.\nWhat is my name?\n")
+        self.assertGreater(len(printed), 3)  # the second answer streamed, piece by piece
