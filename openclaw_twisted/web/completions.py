@@ -17,7 +17,7 @@ from ..limits import TooManyRuns
 from .chat import InvalidRequest, decode_body, parse_chat
 from .errors import ErrorReply, error_body, json_body, not_found, run_error_reply
 from .gate import json_content_type, method_not_allowed, payload_too_large
-from .sse import CompletionStream, usage_json
+from .sse import CompletionStream, RunStream, usage_json
 
 if TYPE_CHECKING:
     from ..config import ChatCompletionsConfig
@@ -124,14 +124,7 @@ class ChatCompletions:
                 include_usage=chat.include_usage,
                 heartbeat=self.config.heartbeat_seconds,
             )
-            metrics = self.edge.metrics
-            closed = metrics.stream_opened("sse") if metrics is not None else None
-            try:
-                stream.start()
-                await stream.done
-            finally:
-                if closed is not None:
-                    closed()
+            await self.stream(stream)
             return None
         except CancelledError:
             # The client went away (Klein cancels the handler): so does the run.
@@ -161,6 +154,17 @@ class ChatCompletions:
             return decode_body(content.read())
         except InvalidRequest as e:
             return invalid_request(request, e)
+
+    async def stream(self, stream: RunStream) -> None:
+        """Write a run's stream to its end (or the client's), counted as an open stream."""
+        metrics = self.edge.metrics
+        closed = metrics.stream_opened("sse") if metrics is not None else None
+        try:
+            stream.start()
+            await stream.done
+        finally:
+            if closed is not None:
+                closed()
 
     def start_run(self, request: IRequest, run_request: RunRequest) -> Run | bytes:
         """Admit the client (its cap on runs in flight) and start the run, tied to the request."""

@@ -173,8 +173,7 @@ class Responses:
             stream = ResponseStream(
                 cast(Request, request), run, self.edge.clock, shape, self.config.heartbeat_seconds
             )
-            stream.start()
-            await stream.done
+            await self.chat.stream(stream)
             return None
         except CancelledError:
             run.cancel()
