@@ -17,7 +17,8 @@ import time
 from collections import Counter
 from typing import Any
 
-TICK = re.compile(rb'"content":\s*"(\d+):(\d+);"')
+#: A tick delta: a chat completion chunk's ``content``, or a Responses text ``delta``.
+TICK = re.compile(rb'"(?:content|delta)":\s*"(\d+):(\d+);"')
 BIG = re.compile(rb'"content":\s*"(z+)"')
 
 

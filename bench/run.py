@@ -182,7 +182,12 @@ class Bench:
         config = {
             "gateway": {
                 "auth": {"mode": "token", "token": TOKEN},
-                "http": {"endpoints": {"chatCompletions": {"enabled": True}}},
+                "http": {
+                    "endpoints": {
+                        "chatCompletions": {"enabled": True},
+                        "responses": {"enabled": True},
+                    }
+                },
                 # Scenario 4 opens 2,000 streams from one address: past the default caps.
                 "limits": {"maxRunsPerClient": 100_000, "maxUpstreamConnections": 100_000},
             },
@@ -264,8 +269,14 @@ class Bench:
             "errors": r["errors"],
         }
 
-    def client_options(self, port: int, body: dict[str, Any], token: str, **kw: Any) -> Any:
-        path = "/v1/chat/completions"
+    def client_options(
+        self,
+        port: int,
+        body: dict[str, Any],
+        token: str,
+        path: str = "/v1/chat/completions",
+        **kw: Any,
+    ) -> Any:
         return dict(host="127.0.0.1", port=port, path=path, body=body, token=token, **kw)
 
     def client(self, mode: str, options: dict[str, Any]) -> Any:
@@ -326,6 +337,8 @@ class Bench:
             self.fan_out(provider, profile)
         if "5" in scenarios:
             self.slow_reader(provider)
+        if "7" in scenarios:
+            self.responses_streams(provider)
         if not self.ready_times:
             self.start_gateway(provider).stop()
         idle, ready = statistics.median(self.idle), statistics.median(self.ready_times)
@@ -466,6 +479,60 @@ class Bench:
             f"{r['content_bytes'] / 1e6:.1f} MB in {r['wall_s']:.1f} s"
             + ("" if complete else f" INCOMPLETE (status {r['status']})"),
             growth <= 8 * MIB and complete,
+        )
+
+    def responses_streams(self, provider: Proc) -> None:
+        """
+        A tenth of scenario 4's fan-out through ``POST /v1/responses`` (``store: false``, as
+        stateless as 4), then the same through chat completions on the same gateway: the
+        Responses edge's events cost against the chat chunks.
+        """
+        m = self.mode
+        streams = max(5, m.streams // 10)
+        opts = self.client_options(
+            provider.port,
+            {"model": "tick", "stream": True, "messages": FAST["messages"]},
+            "",
+            streams=streams,
+            chunks=m.chunks,
+        )
+        opts.update(ramp=m.ramp, timeout=streams / m.ramp + m.chunks / 20 + 60)
+        direct = self.measure("7 direct", [provider], lambda: self.client("streams", opts))
+        gw = self.start_gateway(provider)
+        try:
+            chat = dict(opts, port=gw.port, token=TOKEN)
+            chat["body"] = dict(opts["body"], model="openclaw/tick")
+            responses = dict(chat, path="/v1/responses")
+            responses["body"] = {
+                "model": "openclaw/tick",
+                "stream": True,
+                "store": False,
+                "input": "Say hello.",
+            }
+            via = self.measure(
+                "7 gateway responses", [provider, gw], lambda: self.client("streams", responses)
+            )
+            as_chat = self.measure(
+                "7 gateway chat", [provider, gw], lambda: self.client("streams", chat)
+            )
+        finally:
+            gw.stop()
+        ok = via["results"].get("ok", 0)
+        self.row(
+            f"7. Responses streams complete, in order ({m.chunks} chunks)",
+            f"{streams}/{streams}",
+            f"{ok}/{streams}",
+            _results(via["results"]),
+            ok == streams,
+        )
+        added = via["delay_ms"]["p99"] - direct["delay_ms"]["p99"]
+        self.row(
+            "7. Responses added per-chunk delay p99",
+            "≤ 10 ms",
+            f"{added:.1f} ms",
+            f"{via['delay_ms']['p99']:.1f} vs {direct['delay_ms']['p99']:.1f} ms direct, "
+            f"{as_chat['delay_ms']['p99']:.1f} ms as chat completions",
+            added <= 10 and direct["results"].get("ok", 0) == streams,
         )
 
     def profile(self, gw: Proc, label: str, seconds: float, run: Callable[[], object]) -> None:
@@ -619,7 +686,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-install", action="store_true", help="never apt-get install wrk")
     parser.add_argument("--python-load", action="store_true", help="use the Python load client")
     parser.add_argument(
-        "--only", default="123456", help="the scenarios to run, e.g. 45 (3 includes 2)"
+        "--only", default="1234567", help="the scenarios to run, e.g. 45 (3 includes 2)"
     )
     parser.add_argument("--out", help="where logs and state go (default: a temporary directory)")
     options = parser.parse_args(argv)

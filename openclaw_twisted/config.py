@@ -319,6 +319,17 @@ class ChatCompletionsConfig:
 
 
 @attrs.frozen
+class ResponsesConfig:
+    """``gateway.http.endpoints.responses``: ``POST /v1/responses`` (images as chat completions)."""
+
+    KEY_PATH: ClassVar[str] = "gateway.http.endpoints.responses"
+
+    enabled: bool = attrs.field(default=False, validator=_FLAG)
+    max_body_bytes: int = attrs.field(default=20 * MiB, validator=_integer(1))
+    heartbeat_seconds: float = attrs.field(default=15.0, validator=_number(0))
+
+
+@attrs.frozen
 class LimitsConfig:
     """``gateway.limits``: what one client, and all of them together, may make the gateway do."""
 
@@ -382,6 +393,11 @@ class GatewayConfig:
     limits: LimitsConfig = attrs.field(default=LimitsConfig(), validator=instance_of(LimitsConfig))
     metrics: MetricsConfig = attrs.field(
         default=MetricsConfig(), validator=instance_of(MetricsConfig)
+    )
+    responses: ResponsesConfig = attrs.field(
+        default=ResponsesConfig(),
+        validator=instance_of(ResponsesConfig),
+        metadata={"key": "http.endpoints.responses"},
     )
 
     @custom_bind_host.validator

@@ -13,7 +13,7 @@ from .agents.roster import Roster
 from .agents.runner import AgentRunner
 from .agents.store import ISessionStore
 from .auth import Authenticator, ClientAddress, forwarded_for
-from .config import ChatCompletionsConfig, MetricsConfig, ProviderConfig
+from .config import ChatCompletionsConfig, MetricsConfig, ProviderConfig, ResponsesConfig
 from .limits import RunLimits
 from .web.origin import BrowserPolicy
 
@@ -53,6 +53,8 @@ class Edge:
     providers: tuple[ProviderConfig, ...] = ()
     #: ``gateway.http.endpoints.chatCompletions``.
     chat_completions: ChatCompletionsConfig = ChatCompletionsConfig()
+    #: ``gateway.http.endpoints.responses``.
+    responses: ResponsesConfig = ResponsesConfig()
     #: Whether a stateless HTTP request's session is kept anyway.
     persist_ephemeral: bool = False
     #: What the edges count (requests, open streams); ``None`` while metrics are off.

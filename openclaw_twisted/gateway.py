@@ -195,6 +195,7 @@ class Gateway:
             models=self.providers.all_models,
             providers=config.providers,
             chat_completions=config.chat_completions,
+            responses=config.gateway.responses,
             persist_ephemeral=config.persist_ephemeral,
             metrics=self.metrics,
             metrics_config=config.gateway.metrics,
@@ -269,14 +270,19 @@ class Gateway:
     def describe(self) -> list[str]:
         """The start-up log lines that say what this gateway serves."""
         cc = self.config.chat_completions
+        responses = self.config.gateway.responses.enabled
         lines = [
             "endpoints: /healthz /readyz, WebSocket on every path"
             + (
                 ", POST /v1/chat/completions, GET /v1/models"
                 if cc.enabled
+                else ", POST /v1/responses, GET /v1/models (chat completions off)"
+                if responses
                 else " (chat completions off, /v1/* answers 404: set "
                 "gateway.http.endpoints.chatCompletions.enabled to true)"
-            ),
+            )
+            + (", POST /v1/responses" if responses and cc.enabled else "")
+            + ", GET /sessions/{key}/history, POST /sessions/{key}/kill",
             f"agents: {', '.join(self.roster.ids)} (default {self.roster.default_id})",
         ]
         lines.extend(self._describe_models())

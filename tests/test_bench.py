@@ -28,13 +28,17 @@ class SmokeTests(SynchronousTestCase):
         with open(os.path.join(out, "results.json")) as f:
             rows = json.load(f)["rows"]
         scenarios = {m.group(1) for r in rows if (m := re.match(r"(\d)\.", r[0]))}
-        self.assertEqual(scenarios, {"1", "2", "3", "4", "5", "6"})
+        self.assertEqual(scenarios, {"1", "2", "3", "4", "5", "6", "7"})
         for figure, _target, measured, _detail, _ok in rows:
             self.assertRegex(measured, r"\d", figure)
         # Correctness holds even in a smoke run: every stream arrives complete and in order,
         # and the slow reader gets the whole answer.
         by_figure = {r[0].split(" (")[0].split(",")[0]: r for r in rows}
         self.assertTrue(by_figure["4. streams complete"][4], by_figure["4. streams complete"])
+        self.assertTrue(
+            by_figure["7. Responses streams complete"][4],
+            by_figure["7. Responses streams complete"],
+        )
         slow = next(r for r in rows if r[0].startswith("5."))
         self.assertNotIn("INCOMPLETE", slow[3])
 

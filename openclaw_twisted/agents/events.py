@@ -34,6 +34,9 @@ class RunRequest:
     #: Whether the consumer takes the answer as it is written; ``False`` (a non-streaming
     #: HTTP client) lets an HTTP provider ask its model for the whole answer at once.
     stream: bool = True
+    #: The ``/v1/responses`` id this turn answers as, kept in its assistant transcript record
+    #: (``responseId``) so a later ``previous_response_id`` can be found in the session.
+    response_id: str | None = None
 
 
 @attrs.frozen

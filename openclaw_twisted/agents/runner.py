@@ -471,6 +471,8 @@ class AgentRunner:
             "usage": usage.to_json(),
             "stopReason": stop,
         }
+        if req.response_id is not None:
+            assistant["responseId"] = req.response_id
         return self.store.append(run.agent.id, req.session_key, [user, assistant])
 
     def _end(self, run: Run, text: str, usage: Usage, stop: str, error: RunError | None) -> None:

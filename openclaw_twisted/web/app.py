@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Coroutine
 from functools import cache
 from importlib.resources import files
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from klein import Klein
 from twisted.internet.defer import CancelledError, Deferred
@@ -16,7 +17,9 @@ from .completions import ChatCompletions
 from .errors import JSON_TYPE, error_body, json_body, not_found
 from .gate import NO_BODY, BodyRule, RouteGate, method_not_allowed
 from .request import BodyLimit, RoutePath
+from .responses import Responses
 from .root import is_websocket_upgrade, root_refusal
+from .sessions import SessionRoutes
 
 log = Logger()
 
@@ -40,16 +43,19 @@ class GatewayHTTP:
     def __init__(self, edge: Edge) -> None:
         self.edge = edge
         self.chat = ChatCompletions(edge)
+        self.responses = Responses(edge, self.chat)
+        self.sessions = SessionRoutes(edge, self.chat)
         cc = edge.chat_completions
         # Bound once: naming a request's route for the metrics costs one match, no more, and
         # none for a path a route spells out whole (a table no bigger than the routes).
         self._urls = self.app.url_map.bind("gateway")
         self._static_routes: dict[tuple[str, bytes], str] = {}
-        models = BodyRule(0, precheck=lambda r: self.chat.precheck(r, b"GET, HEAD"))
+        models = BodyRule(
+            0, precheck=lambda r: self.chat.precheck(r, b"GET, HEAD", self.chat.models_enabled)
+        )
         # What each route takes as a body, by endpoint name (a route added below without an
         # entry gets the gate's small default).  A new body route brings its own line: say
-        # ``"responses": BodyRule(20 MiB, json=True, precheck=<its auth>)`` for
-        # ``/v1/responses``, 2 MiB for ``/tools/invoke``.
+        # 2 MiB for ``/tools/invoke``.
         policy = edge.browser
         self.gate = RouteGate(
             self.app.url_map,
@@ -62,6 +68,16 @@ class GatewayHTTP:
                 "metrics": BodyRule(0, precheck=self.metrics_precheck),
                 "chat_completions": BodyRule(
                     cc.max_body_bytes, json=True, precheck=lambda r: self.chat.precheck(r, b"POST")
+                ),
+                "responses_create": BodyRule(
+                    edge.responses.max_body_bytes, json=True, precheck=self.responses.precheck
+                ),
+                "session_history": BodyRule(
+                    0, precheck=lambda r: self.sessions.precheck(r, b"GET, HEAD")
+                ),
+                # ``{}`` at most: some clients send an empty object with every POST.
+                "session_kill": BodyRule(
+                    1024, json=True, precheck=lambda r: self.sessions.precheck(r, b"POST")
                 ),
             },
             before=lambda r: root_refusal(r, policy),
@@ -150,6 +166,33 @@ class GatewayHTTP:
             raise
         except Exception:
             log.failure("chat completion failed")
+            if request.startedWriting:  # type: ignore[attr-defined]
+                request.loseConnection()  # type: ignore[attr-defined]
+                return None
+            return error_body(request, 500, "Internal error.", "api_error", code="internal_error")
+
+    @app.route("/v1/responses", branch=False)
+    async def responses_create(self, request: IRequest) -> bytes | None:
+        return await self._guarded(request, self.responses.create(request), "response")
+
+    @app.route("/sessions/<path:key>/history")
+    async def session_history(self, request: IRequest, key: str) -> bytes | None:
+        return await self._guarded(request, self.sessions.history(request, key), "history")
+
+    @app.route("/sessions/<path:key>/kill")
+    async def session_kill(self, request: IRequest, key: str) -> bytes | None:
+        return await self._guarded(request, self.sessions.kill(request, key), "session kill")
+
+    async def _guarded(
+        self, request: IRequest, answer: Coroutine[Any, Any, bytes | None], what: str
+    ) -> bytes | None:
+        """The route's answer; a bug is a 500 (or a cut stream), its details in the log."""
+        try:
+            return await answer
+        except CancelledError:
+            raise
+        except Exception:
+            log.failure("{what} failed", what=what)
             if request.startedWriting:  # type: ignore[attr-defined]
                 request.loseConnection()  # type: ignore[attr-defined]
                 return None

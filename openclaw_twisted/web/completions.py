@@ -10,14 +10,14 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from twisted.web.server import Request
 
-from ..agents.events import RunError, RunResult, RunStarted
+from ..agents.events import RunError, RunRequest, RunResult, RunStarted
 from ..agents.runner import Run
 from ..auth import LOCKED_OUT, bearer
 from ..limits import TooManyRuns
 from .chat import InvalidRequest, decode_body, parse_chat
 from .errors import ErrorReply, error_body, json_body, not_found, run_error_reply
 from .gate import json_content_type, method_not_allowed, payload_too_large
-from .sse import CompletionStream, usage_json
+from .sse import CompletionStream, RunStream, usage_json
 
 if TYPE_CHECKING:
     from ..config import ChatCompletionsConfig
@@ -28,6 +28,19 @@ log = Logger()
 NO_RESPONSE = "No response from OpenClaw."
 #: The request headers the chat request reads (lower-case).
 OPENCLAW_HEADERS = ("x-openclaw-agent-id", "x-openclaw-agent", "x-openclaw-session-key")
+
+
+def openclaw_headers(request: IRequest) -> dict[str, str]:
+    """The ``x-openclaw-*`` routing headers of ``request`` (lower-case names; absent = "")."""
+    return {
+        name: (request.getHeader(name.encode()) or b"").decode("utf-8", "replace")
+        for name in OPENCLAW_HEADERS
+    }
+
+
+def invalid_request(request: IRequest, e: InvalidRequest) -> bytes:
+    """The 400 of a request a client must fix."""
+    return error_body(request, 400, e.message, "invalid_request_error", param=e.param, code=e.code)
 
 
 class ChatCompletions:
@@ -42,13 +55,23 @@ class ChatCompletions:
 
     # The checks before the body (§4.1 steps 1-3), shared by every endpoint here.
 
-    def precheck(self, request: IRequest, allow: bytes) -> bytes | None:
-        """An answer if the endpoint is off, the method wrong or the client not allowed."""
-        if not self.config.enabled:
+    def precheck(
+        self, request: IRequest, allow: bytes, enabled: bool | None = None
+    ) -> bytes | None:
+        """
+        An answer if the endpoint is off (``enabled``, by default chat completions'), the
+        method wrong or the client not allowed.
+        """
+        if not (self.config.enabled if enabled is None else enabled):
             return not_found(request)
         if request.method not in allow.split(b", "):
             return method_not_allowed(request, allow)
         return self.authorize(request)
+
+    @property
+    def models_enabled(self) -> bool:
+        """``/v1/models`` is served with either OpenAI-style endpoint."""
+        return self.config.enabled or self.edge.responses.enabled
 
     def authorize(self, request: IRequest) -> bytes | None:
         """``None`` when the bearer credential is good; else the 401 or 429 answer."""
@@ -66,56 +89,30 @@ class ChatCompletions:
     # POST /v1/chat/completions
 
     async def complete(self, request: IRequest) -> bytes | None:
-        if not getattr(request, "prechecked", False):
-            refusal = self.precheck(request, b"POST")
-            if refusal is not None:
-                return refusal
-        content: Any = request.content
-        size = content.seek(0, 2)
-        # The gate of the gateway's own Site decided these before the body (web/gate.py);
-        # a Site without it (embedding) gets the same answers after.
-        if not getattr(request, "prechecked", False) and size:
-            refusal = json_content_type(request)
-            if refusal is not None:
-                return refusal
-        if size > self.config.max_body_bytes:
-            return payload_too_large(request)
-        content.seek(0)
+        body = self.read_body(request, self.config.enabled, self.config.max_body_bytes)
+        if isinstance(body, bytes):
+            return body
         try:
-            body = decode_body(content.read())
-            headers = {
-                name: (request.getHeader(name.encode()) or b"").decode("utf-8", "replace")
-                for name in OPENCLAW_HEADERS
-            }
             chat = parse_chat(
                 body,
-                headers,
+                openclaw_headers(request),
                 self.edge.roster,
                 self.config,
                 persist_ephemeral=self.edge.persist_ephemeral,
             )
         except InvalidRequest as e:
-            return error_body(
-                request, 400, e.message, "invalid_request_error", param=e.param, code=e.code
-            )
-        client = self.edge.client_ip(request)
-        try:
-            self.edge.limits.admit(client)
-        except TooManyRuns as e:
-            return ErrorReply(
-                429, e.message, "rate_limit_error", "too_many_runs", retry_after="1"
-            ).render(request)
-        run = self.edge.runner.start(chat.run)
-        self.edge.limits.hold(client, run)
-        cast(Request, request).notifyFinish().addErrback(lambda _: run.cancel())
+            return invalid_request(request, e)
+        run = self.start_run(request, chat.run)
+        if isinstance(run, bytes):
+            return run
         try:
             first = await run.next_event()
             if not isinstance(first, RunStarted):
-                return await self._failed(request, run)
+                return await self.failed(request, run)
             completion_id = f"chatcmpl-{uuid.uuid4().hex}"
             created = int(self.edge.clock.seconds())
             if not chat.stream:
-                result = await self._drain(run)
+                result = await self.drain(run)
                 return self._reply(request, result, completion_id, created, chat.model)
             stream = CompletionStream(
                 cast(Request, request),
@@ -127,28 +124,71 @@ class ChatCompletions:
                 include_usage=chat.include_usage,
                 heartbeat=self.config.heartbeat_seconds,
             )
-            metrics = self.edge.metrics
-            closed = metrics.stream_opened("sse") if metrics is not None else None
-            try:
-                stream.start()
-                await stream.done
-            finally:
-                if closed is not None:
-                    closed()
+            await self.stream(stream)
             return None
         except CancelledError:
             # The client went away (Klein cancels the handler): so does the run.
             run.cancel()
             raise
 
-    async def _drain(self, run: Run) -> RunResult:
+    # The steps every run-starting endpoint shares (chat completions, responses).
+
+    def read_body(self, request: IRequest, enabled: bool, max_bytes: int) -> dict[str, Any] | bytes:
+        """The request's JSON object, or the answer that refuses it (§4.1 steps 1-4)."""
+        if not getattr(request, "prechecked", False):
+            refusal = self.precheck(request, b"POST", enabled)
+            if refusal is not None:
+                return refusal
+        content: Any = request.content
+        size = content.seek(0, 2)
+        # The gate of the gateway's own Site decided these before the body (web/gate.py);
+        # a Site without it (embedding) gets the same answers after.
+        if not getattr(request, "prechecked", False) and size:
+            refusal = json_content_type(request)
+            if refusal is not None:
+                return refusal
+        if size > max_bytes:
+            return payload_too_large(request)
+        content.seek(0)
+        try:
+            return decode_body(content.read())
+        except InvalidRequest as e:
+            return invalid_request(request, e)
+
+    async def stream(self, stream: RunStream) -> None:
+        """Write a run's stream to its end (or the client's), counted as an open stream."""
+        metrics = self.edge.metrics
+        closed = metrics.stream_opened("sse") if metrics is not None else None
+        try:
+            stream.start()
+            await stream.done
+        finally:
+            if closed is not None:
+                closed()
+
+    def start_run(self, request: IRequest, run_request: RunRequest) -> Run | bytes:
+        """Admit the client (its cap on runs in flight) and start the run, tied to the request."""
+        client = self.edge.client_ip(request)
+        try:
+            self.edge.limits.admit(client)
+        except TooManyRuns as e:
+            return ErrorReply(
+                429, e.message, "rate_limit_error", "too_many_runs", retry_after="1"
+            ).render(request)
+        run = self.edge.runner.start(run_request)
+        self.edge.limits.hold(client, run)
+        cast(Request, request).notifyFinish().addErrback(lambda _: run.cancel())
+        return run
+
+    async def drain(self, run: Run) -> RunResult:
         """Take every event (the run waits for room otherwise), then the run's result."""
         while await run.next_event() is not None:
             pass
         return await run.wait()
 
-    async def _failed(self, request: IRequest, run: Run) -> bytes:
-        result = await self._drain(run)
+    async def failed(self, request: IRequest, run: Run) -> bytes:
+        """The HTTP error of a run that ended before it started answering."""
+        result = await self.drain(run)
         error = result.error or RunError("internal_error", "The run ended without starting.")
         return run_error_reply(error).render(request)
 
@@ -181,7 +221,7 @@ class ChatCompletions:
         return ["openclaw", "openclaw/default", *(f"openclaw/{a}" for a in self.edge.roster.ids)]
 
     def models(self, request: IRequest, model_id: str | None = None) -> bytes:
-        refusal = self.precheck(request, b"GET, HEAD")
+        refusal = self.precheck(request, b"GET, HEAD", self.models_enabled)
         if refusal is not None:
             return refusal
         if model_id is None:

@@ -1,4 +1,4 @@
-"""The streaming chat completion: run events → SSE frames, pulled only while the client reads."""
+"""Runs streamed as SSE: the shared push producer, and the chat completion chunks it writes."""
 
 from __future__ import annotations
 
@@ -46,36 +46,25 @@ def usage_json(usage: dict[str, Any] | None) -> dict[str, int] | None:
 
 
 @implementer(IPushProducer)
-class CompletionStream:
+class RunStream:
     """
-    Writes one run's events to ``request`` as chat completion chunks (CONTRACT §4.5).
+    Writes one run's events to ``request`` as an SSE response; subclasses say what frames.
 
     It is the request's push producer: while the transport is paused it does not ask the run
     for the next event, so the run stops pulling from the model and the provider's body is
     paused in turn.  ``done`` fires once the response is finished or the client has gone.
     A write that fails cancels the run (it must not wait for a reader that will never pull
     again, holding its session's lane) and ends the response, or drops the connection.
+    While nothing is written for ``heartbeat`` seconds a ``: ping`` comment is sent.
     """
 
-    def __init__(
-        self,
-        request: Request,
-        run: Run,
-        clock: IReactorTime,
-        *,
-        completion_id: str,
-        created: int,
-        model: str,
-        include_usage: bool,
-        heartbeat: float,
-    ) -> None:
+    #: What the log says when a stream breaks.
+    name = "stream"
+
+    def __init__(self, request: Request, run: Run, clock: IReactorTime, heartbeat: float) -> None:
         self.request = request
         self.run = run
         self.clock = clock
-        self.completion_id = completion_id
-        self.created = created
-        self.model = model
-        self.include_usage = include_usage
         self.heartbeat = heartbeat
         self.done: Deferred[None] = Deferred()
         self.paused = False
@@ -84,13 +73,23 @@ class CompletionStream:
         self._looping = False
         self._ping: IDelayedCall | None = None
         self._written_at = 0.0
-        # Every content chunk is the same frame around its text: encode the rest once.
-        template = self._chunk({"content": None})
-        before, _, after = template.rpartition(b'"content":null')
-        self._content_frame = (before + b'"content":', after)
+
+    # What a subclass writes.
+
+    def _opening(self) -> bytes:
+        """The frames sent with the headers, before the first event."""
+        raise NotImplementedError
+
+    def _write_event(self, event: RunEvent | None) -> None:
+        """Write one event with ``_write``, or the last frames with ``_end``."""
+        raise NotImplementedError
+
+    def _internal_error(self) -> bytes:
+        """The last frames of a stream whose events could not be written."""
+        raise NotImplementedError
 
     def start(self) -> None:
-        """Send the headers and the role chunk, then follow the run."""
+        """Send the headers and the opening frames, then follow the run."""
         request = self.request
         request.notifyFinish().addErrback(self._client_gone)
         request.setResponseCode(200)
@@ -98,7 +97,7 @@ class CompletionStream:
             request.setHeader(name, value)
         request.registerProducer(self, True)
         try:
-            self._write(self._chunk({"role": "assistant"}))
+            self._write(self._opening())
         except Exception:
             self._undeliverable(Failure())
             return
@@ -141,21 +140,6 @@ class CompletionStream:
             return
         self._pull()
 
-    def _write_event(self, event: RunEvent | None) -> None:
-        if type(event) is TextDelta:
-            before, after = self._content_frame
-            self._write(before + dumps(event.delta) + after)
-        elif event is None:
-            self._end(DONE)
-        elif isinstance(event, RunEnded):
-            out = self._chunk({}, "length" if event.stop_reason == "length" else "stop")
-            if self.include_usage:
-                usage = usage_json(event.usage.to_json())
-                out += frame({**self._head(), "choices": [], "usage": usage})
-            self._end(out + DONE)
-        elif isinstance(event, RunFailed):
-            self._end(frame(run_error_reply(event.error).envelope()) + DONE)
-
     def _broken(self, failure: Failure) -> None:
         self._waiting = None
         if not self._ended:
@@ -163,15 +147,14 @@ class CompletionStream:
 
     def _undeliverable(self, failure: Failure) -> None:
         """An event could not be written: cancel the run, then end as best the socket allows."""
-        log.failure("chat completion stream failed", failure)
+        log.failure("{name} failed", failure, name=self.name)
         self.run.cancel("internal_error")
         if not self._ended:
-            reply = run_error_reply(RunError("internal_error", "Internal error."))
             try:
-                self._end(frame(reply.envelope()) + DONE)
+                self._end(self._internal_error())
                 return
             except Exception:
-                log.failure("could not end the chat completion stream")
+                log.failure("could not end the {name}", name=self.name)
         # Nothing more can be written: a cut connection is what the client can still see.
         self._ended = True
         if self._ping is not None and self._ping.active():
@@ -183,18 +166,6 @@ class CompletionStream:
             self.done.callback(None)
 
     # Writing
-
-    def _head(self) -> dict[str, Any]:
-        return {
-            "id": self.completion_id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-        }
-
-    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
-        choice = {"index": 0, "delta": delta, "finish_reason": finish}
-        return frame({**self._head(), "choices": [choice]})
 
     def _write(self, data: bytes) -> None:
         self.request.write(data)
@@ -250,3 +221,65 @@ class CompletionStream:
             self.request.unregisterProducer()
         if not self.done.called:
             self.done.callback(None)
+
+
+class CompletionStream(RunStream):
+    """One run's events as chat completion chunks (CONTRACT §4.5)."""
+
+    name = "chat completion stream"
+
+    def __init__(
+        self,
+        request: Request,
+        run: Run,
+        clock: IReactorTime,
+        *,
+        completion_id: str,
+        created: int,
+        model: str,
+        include_usage: bool,
+        heartbeat: float,
+    ) -> None:
+        super().__init__(request, run, clock, heartbeat)
+        self.completion_id = completion_id
+        self.created = created
+        self.model = model
+        self.include_usage = include_usage
+        # Every content chunk is the same frame around its text: encode the rest once.
+        template = self._chunk({"content": None})
+        before, _, after = template.rpartition(b'"content":null')
+        self._content_frame = (before + b'"content":', after)
+
+    def _opening(self) -> bytes:
+        return self._chunk({"role": "assistant"})
+
+    def _internal_error(self) -> bytes:
+        reply = run_error_reply(RunError("internal_error", "Internal error."))
+        return frame(reply.envelope()) + DONE
+
+    def _write_event(self, event: RunEvent | None) -> None:
+        if type(event) is TextDelta:
+            before, after = self._content_frame
+            self._write(before + dumps(event.delta) + after)
+        elif event is None:
+            self._end(DONE)
+        elif isinstance(event, RunEnded):
+            out = self._chunk({}, "length" if event.stop_reason == "length" else "stop")
+            if self.include_usage:
+                usage = usage_json(event.usage.to_json())
+                out += frame({**self._head(), "choices": [], "usage": usage})
+            self._end(out + DONE)
+        elif isinstance(event, RunFailed):
+            self._end(frame(run_error_reply(event.error).envelope()) + DONE)
+
+    def _head(self) -> dict[str, Any]:
+        return {
+            "id": self.completion_id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+        }
+
+    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish}
+        return frame({**self._head(), "choices": [choice]})

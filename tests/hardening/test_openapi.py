@@ -16,7 +16,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from openclaw_twisted import Gateway, parse_config
 from openclaw_twisted.web.app import GatewayHTTP, openapi_document
 
-from ..support import REPO, child_env, listen
+from ..support import REPO, child_env, http_client, listen
 from ..web.memory import TOKEN, MemoryClient, make_gateway
 from .support import LogCapture
 
@@ -40,7 +40,7 @@ class DocumentTests(SynchronousTestCase):
     def test_every_route_is_documented(self) -> None:
         doc = json.loads(openapi_document())
         rules = {
-            rule.rule.replace("<path:model_id>", "{model_id}")
+            rule.rule.replace("<path:model_id>", "{model_id}").replace("<path:key>", "{key}")
             for rule in GatewayHTTP.app.url_map.iter_rules()
         }
         self.assertEqual(rules, set(doc["paths"]))
@@ -61,7 +61,12 @@ class SchemathesisTests(TestCase):
             {
                 "gateway": {
                     "auth": {"mode": "token", "token": TOKEN},
-                    "http": {"endpoints": {"chatCompletions": {"enabled": True}}},
+                    "http": {
+                        "endpoints": {
+                            "chatCompletions": {"enabled": True},
+                            "responses": {"enabled": True},
+                        }
+                    },
                     "metrics": {"enabled": True},
                 }
             },
@@ -71,6 +76,18 @@ class SchemathesisTests(TestCase):
         self.addCleanup(lambda: Deferred.fromCoroutine(gateway.shutdown(0)))
         logs = LogCapture().install(self)
         url = await listen(self, gateway)
+        # The session the document's example key names, so the session routes are reached.
+        http = http_client(self)
+        seeded = await http.post(
+            f"{url}/v1/chat/completions",
+            json={"messages": [{"role": "user", "content": "hi"}]},
+            headers={
+                "Authorization": f"Bearer {TOKEN}",
+                "x-openclaw-session-key": "agent:main:main",
+            },
+        )
+        self.assertEqual(seeded.code, 200)
+        await seeded.content()
         work = os.path.abspath(self.mktemp())  # schemathesis keeps its caches in the cwd
         os.makedirs(work)
         args = [
