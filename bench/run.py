@@ -393,7 +393,8 @@ class Bench:
             headroom >= 3,
         )
         self.check_errors("2", via)
-        return via
+        stateless: dict[str, float] = via
+        return stateless
 
     def sessions(self, provider: Proc, stateless: dict[str, float], profile: bool) -> None:
         gw = self.start_gateway(provider)

@@ -96,7 +96,8 @@ class _RunEvent:
     @property
     def data(self) -> dict[str, Any]:
         """The §5.3 ``data`` object (a JSON view for tests and logs; edges map by type)."""
-        return to_json(self)["data"]  # type: ignore[arg-type]
+        data: dict[str, Any] = to_json(self)["data"]  # type: ignore[arg-type]
+        return data
 
     def to_json(self) -> dict[str, Any]:
         return to_json(self)  # type: ignore[arg-type]

@@ -242,8 +242,16 @@ class HTTPModelStream:
         self._ready: Deferred[None] | None = None
         self._first: IDelayedCall | None = None
         response.deliverBody(_Body(self))
+        # deliverBody resumes the transport after handing over data it had buffered.
+        self._repause()
+
+    @property
+    def ended(self) -> bool:
+        """No more events will be taken from the body (read afresh: a consumer may end it)."""
+        return self._ended
+
+    def _repause(self) -> None:
         if self.paused and not self._body_done and self._transport is not None:
-            # deliverBody resumes the transport after handing over data it had buffered.
             self._transport.pauseProducing()
 
     @property
@@ -326,20 +334,24 @@ class HTTPModelStream:
         self._close()
         self._set_ready(error)
 
+    def _grace_after_end(self) -> None:
+        # The decoder saw the answer's end: the body gets END_GRACE to close by itself.
+        if self._decoder.done and not self._ended and self._grace is None:
+            self._grace = self._clock.callLater(END_GRACE, self._end_anyway)
+
     def _data(self, data: bytes) -> None:
         if self._ended:
             return
         try:
             events = self._parser.feed(data)
             for sse in events:
-                if self._ended:
+                if self.ended:
                     return
                 if self._decoder.done:
                     continue
                 for event in self._decoder.event(sse):
                     self._put(event)
-                if self._decoder.done and not self._ended and self._grace is None:
-                    self._grace = self._clock.callLater(END_GRACE, self._end_anyway)
+                self._grace_after_end()
         except SSEError as e:
             self._fail(
                 ProviderError(

@@ -310,7 +310,8 @@ class _Obj:
             raise ConfigError(
                 f"{self.at('profile')}: expected one of {', '.join(TOOL_PROFILES)}, got {value!r}"
             )
-        return value
+        profile: ToolProfile = value
+        return profile
 
     def exec(self) -> ExecConfig:
         e = _Obj(self.value.get("exec"), self.at("exec"), self.unknown)

@@ -106,10 +106,8 @@ class ToolRegistry:
 def _invoke(tool: ITool, args: Mapping[str, Any], context: ToolContext) -> Deferred[ToolResult]:
     def call() -> Any:
         result = tool.invoke(args, context)
-        if isinstance(result, Deferred):
-            return result
-        # An ``async def invoke``: a coroutine to drive.
-        return ensureDeferred(result)
+        # A Deferred as it is; an ``async def invoke`` gives a coroutine to drive.
+        return result if isinstance(result, Deferred) else ensureDeferred(result)
 
     d: Deferred[ToolResult] = maybeDeferred(call)
     unsubscribe = context.cancellation.on_cancel(d.cancel)

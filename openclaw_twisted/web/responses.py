@@ -43,7 +43,8 @@ if TYPE_CHECKING:
 
 def event_frame(data: dict[str, Any]) -> bytes:
     """One SSE event: ``event: <type>`` and its JSON ``data:`` line."""
-    return b"event: " + data["type"].encode("ascii") + b"\ndata: " + dumps(data) + b"\n\n"
+    kind: str = data["type"]
+    return b"event: " + kind.encode("ascii") + b"\ndata: " + dumps(data) + b"\n\n"
 
 
 def responses_usage(usage: Usage) -> dict[str, Any] | None:

@@ -123,6 +123,6 @@ class GatewayRoot(Resource):
         refusal = root_refusal(request, self._policy)
         if refusal is not None:
             return refusal
-        if is_websocket_upgrade(request):
-            return self._websocket().render(request)
-        return self._http.render(request)
+        side = self._websocket() if is_websocket_upgrade(request) else self._http
+        answer: bytes | int = side.render(request)
+        return answer
