@@ -14,7 +14,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorFromThreads, IReactorThreads
 from twisted.internet.threads import deferToThreadPool
 
-from .agents.events import RunEnded, RunStarted, TextDelta
+from .agents.events import RunEnded, RunFailed, RunStarted, TextDelta
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
@@ -172,6 +172,8 @@ class Metrics:
             self._awaiting_first.add(run.run_id)
             self.active_runs.inc()
             return
+        if not isinstance(event, RunEnded | RunFailed):
+            return  # tool events: the run goes on
         self._awaiting_first.discard(run.run_id)
         if run.started:
             self.active_runs.dec()

@@ -30,6 +30,8 @@ from .providers.interface import (
     ProviderError,
     StopReason,
     TextDelta,
+    ToolCall,
+    ToolCallDelta,
     Usage,
 )
 from .providers.sse import SSEParser
@@ -57,6 +59,9 @@ class Script:
     delta_delay: float = 0.0
     #: Accept, then never send anything (for timeouts and cancellation).
     hang: bool = False
+    #: After the deltas, the model calls these (one L{ToolCallDelta} each, in order); the
+    #: stop reason is then ``tool_calls``.
+    tool_calls: Sequence[ToolCall] = ()
 
 
 @implementer(IModelStream)
@@ -78,9 +83,14 @@ class ScriptedStream:
         if self.sent < len(s.deltas):
             self.sent += 1
             return TextDelta(s.deltas[self.sent - 1])
+        called = self.sent - len(s.deltas)
+        if called < len(s.tool_calls):
+            self.sent += 1
+            c = s.tool_calls[called]
+            return ToolCallDelta(called, c.id, c.name, c.arguments)
         if not self._finished:
             self._finished = True
-            return Finish(s.stop_reason, s.usage)
+            return Finish("tool_calls" if s.tool_calls else s.stop_reason, s.usage)
         return None
 
     def next(self) -> Deferred[ModelEvent | None]:

@@ -6,9 +6,18 @@ from typing import Any, ClassVar, Literal
 
 import attrs
 
-from ..providers.interface import Image, Sampling, StopReason, Usage
+from ..providers.interface import (
+    Image,
+    Message,
+    Sampling,
+    StopReason,
+    ToolCall,
+    ToolChoice,
+    ToolSpec,
+    Usage,
+)
 
-Stream = Literal["lifecycle", "assistant"]
+Stream = Literal["lifecycle", "assistant", "tool"]
 
 
 @attrs.frozen
@@ -37,6 +46,20 @@ class RunRequest:
     #: The ``/v1/responses`` id this turn answers as, kept in its assistant transcript record
     #: (``responseId``) so a later ``previous_response_id`` can be found in the session.
     response_id: str | None = None
+    #: The client's own function tools: a call to one ends the run with ``tool_calls``.
+    tools: tuple[ToolSpec, ...] = ()
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    #: The turn as real conversation turns (user text, the assistant's tool calls, tool
+    #: results), after the session's history; ``None``: one user turn of ``message`` and
+    #: ``images``.  ``message`` then only names the turn (logs).
+    conversation: tuple[Message, ...] | None = None
+
+    def turn(self) -> tuple[Message, ...]:
+        """The messages this turn adds to the conversation."""
+        if self.conversation is not None:
+            return self.conversation
+        return (Message("user", self.message, self.images),)
 
 
 @attrs.frozen
@@ -128,11 +151,51 @@ class TextDelta(_RunEvent):
 
 @attrs.frozen
 class RunEnded(_RunEvent):
-    """The run answered (``lifecycle`` ``end``): why the model stopped, what it cost."""
+    """
+    The run answered (``lifecycle`` ``end``): why the model stopped, what it cost, and
+    (stop reason ``tool_calls``) the client tool calls it ended with.
+    """
 
     stop_reason: str
     usage: Usage
+    tool_calls: tuple[ToolCall, ...] = ()
     phase: ClassVar[str | None] = "end"
+
+
+@attrs.frozen
+class ToolCallDelta(_RunEvent):
+    """
+    A piece of a client tool call as the model writes it (``tool`` ``delta``): ``index``
+    numbers the run's client calls from 0; the first piece of a call has its ``id`` and
+    ``name``; the ``arguments_delta`` pieces joined are its arguments JSON text.
+    """
+
+    index: int
+    id: str | None
+    name: str | None
+    arguments_delta: str
+    stream: ClassVar[Stream] = "tool"
+    phase: ClassVar[str | None] = "delta"
+
+
+@attrs.frozen
+class ToolStarted(_RunEvent):
+    """The gateway began one of the agent's own tool calls (``tool`` ``start``)."""
+
+    call: ToolCall
+    stream: ClassVar[Stream] = "tool"
+    phase: ClassVar[str | None] = "start"
+
+
+@attrs.frozen
+class ToolResult(_RunEvent):
+    """One of the agent's own tool calls ended (``tool`` ``result``): what it gave the model."""
+
+    call: ToolCall
+    result: str
+    is_error: bool = False
+    stream: ClassVar[Stream] = "tool"
+    phase: ClassVar[str | None] = "result"
 
 
 @attrs.frozen
@@ -145,7 +208,9 @@ class RunFailed(_RunEvent):
 
 #: The events of a run, in order: L{RunStarted}, L{TextDelta}s, then one of L{RunEnded} and
 #: L{RunFailed} (a run that never reached a model has only the L{RunFailed}).
-RunEvent = RunStarted | TextDelta | RunEnded | RunFailed
+#: Between them, a run with tools has L{ToolCallDelta}s (client tools), and L{ToolStarted} /
+#: L{ToolResult} pairs (the agent's own tools, between two model answers).
+RunEvent = RunStarted | TextDelta | ToolCallDelta | ToolStarted | ToolResult | RunEnded | RunFailed
 #: The last event of every run.
 FINAL_EVENTS = (RunEnded, RunFailed)
 
@@ -160,6 +225,27 @@ def to_json(event: RunEvent) -> dict[str, Any]:
         data = {"phase": "start", "startedAt": event.started_at, "model": event.model}
     elif isinstance(event, RunEnded):
         data = {"phase": "end", "stopReason": event.stop_reason, "usage": event.usage.to_json()}
+        if event.tool_calls:
+            data["toolCalls"] = [call_json(c) for c in event.tool_calls]
+    elif isinstance(event, ToolCallDelta):
+        data = {"phase": "delta", "index": event.index}
+        if event.id is not None:
+            data["toolCallId"] = event.id
+        if event.name is not None:
+            data["name"] = event.name
+        data["argsDelta"] = event.arguments_delta
+    elif isinstance(event, ToolStarted):
+        call = event.call
+        data = {"phase": "start", "name": call.name, "toolCallId": call.id, "args": call.arguments}
+    elif isinstance(event, ToolResult):
+        call = event.call
+        data = {
+            "phase": "result",
+            "name": call.name,
+            "toolCallId": call.id,
+            "isError": event.is_error,
+            "result": event.result,
+        }
     else:
         data = {"phase": "error", "error": event.error.to_json()}
     return {
@@ -170,6 +256,11 @@ def to_json(event: RunEvent) -> dict[str, Any]:
         "stream": event.stream,
         "data": data,
     }
+
+
+def call_json(call: ToolCall) -> dict[str, str]:
+    """A tool call in CONTRACT §5.3's names: ``{id, name, arguments}`` (arguments JSON text)."""
+    return {"id": call.id, "name": call.name, "arguments": call.arguments}
 
 
 @attrs.frozen
@@ -186,3 +277,5 @@ class RunResult:
     stop_reason: StopReason | Literal["aborted", "error"]
     usage: Usage
     error: RunError | None = None
+    #: Stop reason ``tool_calls``: the client tool calls the run ended with, for the client.
+    tool_calls: tuple[ToolCall, ...] = ()

@@ -25,8 +25,11 @@ from ..providers.interface import (
     ModelRequest,
     ProviderError,
     TextDelta,
+    ToolCall,
+    ToolChoice,
     Usage,
 )
+from ..providers.interface import ToolCallDelta as ModelToolCallDelta
 from ..providers.registry import Providers
 from . import events
 from .events import (
@@ -38,6 +41,8 @@ from .events import (
     RunResult,
     RunStarted,
     TextSoFar,
+    ToolCallDelta,
+    call_json,
 )
 from .roster import Agent, Roster, system_prompt
 from .roster import UnknownAgent as UnknownAgent  # raised by start(), importable from here
@@ -56,6 +61,9 @@ MAX_ANSWER_CHARS = 32 * 1024 * 1024
 CancelReason = Literal["aborted", "agent_timeout", "shutdown", "internal_error"]
 T = TypeVar("T")
 SHUTDOWN_MESSAGE = "The gateway is shutting down."
+#: The result the model is shown for a tool call nobody answered (a client that sent a new
+#: user message instead of the call's result): both provider APIs refuse a call left open.
+MISSING_RESULT = "No result was given for this tool call."
 
 
 def _cancelled(run: Run) -> RunError:
@@ -103,6 +111,8 @@ class Run:
         #: The model's usage, once it reported one (``None``: unknown, as in the log line).
         self.tokens: Usage | None = None
         self._created = clock.seconds()
+        #: How many client tool calls the run has made (they are numbered from 0).
+        self._client_calls = 0
 
     @property
     def created_at(self) -> float:
@@ -180,6 +190,22 @@ class Run:
 _NOTHING: Any = object()
 
 
+class _CallParts:
+    """One tool call being written by the model: its id, name and argument pieces."""
+
+    __slots__ = ("client_index", "id", "name", "parts")
+
+    def __init__(self, id: str, name: str, client_index: int | None) -> None:
+        self.id = id
+        self.name = name
+        self.parts: list[str] = []
+        #: Its number among the run's client calls; ``None``: one of the agent's own tools.
+        self.client_index = client_index
+
+    def call(self) -> ToolCall:
+        return ToolCall(self.id, self.name, "".join(self.parts) or "{}")
+
+
 class _Streaming:
     """
     A turn's streaming phase, driven by callbacks rather than ``await``: a model event that
@@ -189,9 +215,18 @@ class _Streaming:
     fails with ``CancelledError`` when the run is cancelled, or with the provider's error.
     """
 
-    def __init__(self, run: Run, stream: IModelStream, text: list[str] | None) -> None:
+    def __init__(
+        self,
+        run: Run,
+        stream: IModelStream,
+        text: list[str] | None,
+        is_client: Callable[[str], bool] = lambda name: True,
+    ) -> None:
         self.run = run
         self.stream = stream
+        #: The tool calls of this answer by the provider's index, in the order they began.
+        self.calls: dict[int, _CallParts] = {}
+        self._is_client = is_client
         #: Every delta, shared by the events' ``TextSoFar``; ``None``: the answer is not kept.
         self.text = text
         self.size = 0
@@ -274,9 +309,57 @@ class _Streaming:
             if self.size >= MAX_ANSWER_CHARS:
                 self.stop = "length"
                 self._finish()
+        elif isinstance(event, ModelToolCallDelta):
+            self._tool_delta(event)
         elif isinstance(event, Finish):
             self.stop, self.usage = event.stop_reason, event.usage
             self.run.tokens = event.usage
+
+    def _tool_delta(self, event: ModelToolCallDelta) -> None:
+        run = self.run
+        parts = self.calls.get(event.index)
+        first = parts is None
+        if parts is None:
+            name = event.name or ""
+            index: int | None = None
+            if self._is_client(name):
+                index = run._client_calls
+                run._client_calls += 1
+            parts = self.calls[event.index] = _CallParts(
+                event.id or f"call_{run.run_id[:8]}_{event.index}", name, index
+            )
+        piece = event.arguments_delta[: MAX_ANSWER_CHARS - self.size]
+        self.size += len(piece)
+        parts.parts.append(piece)
+        if parts.client_index is not None:
+            run._seq += 1
+            run._emit(
+                ToolCallDelta(
+                    run.run_id,
+                    run._seq,
+                    run._now_ms(),
+                    run.session_key,
+                    parts.client_index,
+                    parts.id if first else None,
+                    parts.name if first else None,
+                    piece,
+                )
+            )
+            self._room_needed = True
+        if self.size >= MAX_ANSWER_CHARS:
+            self.stop = "length"
+            self._finish()
+
+    def tool_calls(self) -> tuple[ToolCall, ...]:
+        """The answer's complete tool calls, in the order they began (none unless it stopped
+        to have them run)."""
+        if self.stop != "tool_calls":
+            return ()
+        return tuple(p.call() for p in self.calls.values())
+
+    def is_client(self, call: ToolCall) -> bool:
+        parts = next((p for p in self.calls.values() if p.id == call.id), None)
+        return parts is not None and parts.client_index is not None
 
     def _finish(self) -> None:
         if not self._done.called:
@@ -285,6 +368,51 @@ class _Streaming:
     def _fail(self, f: Failure) -> None:
         if not self._done.called:
             self._done.errback(f)
+
+
+def _add(a: Usage, b: Usage) -> Usage:
+    """The usage of two model calls together (unknown only when both are)."""
+    if not b.known:
+        return a
+    if not a.known:
+        return b
+    return Usage(
+        (a.input_tokens or 0) + (b.input_tokens or 0),
+        (a.output_tokens or 0) + (b.output_tokens or 0),
+    )
+
+
+def _since_last_reply(turn: tuple[Message, ...]) -> tuple[Message, ...]:
+    last = max((i for i, m in enumerate(turn) if m.role == "assistant"), default=-1)
+    return turn[last + 1 :]
+
+
+def _paired(messages: tuple[Message, ...]) -> tuple[Message, ...]:
+    """
+    ``messages`` as both provider APIs accept them: every tool result right after the
+    assistant turn that made its call (a result without one, e.g. where the history window
+    begins, is dropped), and every call answered (a call left open gets ``MISSING_RESULT``).
+    """
+    if not any(m.role == "tool" or m.tool_calls for m in messages):
+        return messages
+    out: list[Message] = []
+    open_calls: list[str] = []
+
+    def close() -> None:
+        out.extend(Message.result(i, MISSING_RESULT, is_error=True) for i in open_calls)
+        open_calls.clear()
+
+    for m in messages:
+        if m.tool_result is not None:
+            if m.tool_result.tool_call_id in open_calls:
+                open_calls.remove(m.tool_result.tool_call_id)
+                out.append(m)
+            continue
+        close()
+        out.append(m)
+        open_calls.extend(c.id for c in m.tool_calls)
+    close()
+    return tuple(out)
 
 
 class AgentRunner:
@@ -375,7 +503,11 @@ class AgentRunner:
             del self._lanes[key]
 
     async def _turn(self, run: Run) -> None:
-        """One turn, holding its session's lane: model, events, transcript, final event."""
+        """
+        One turn, holding its session's lane: model, events, transcript, final event.  A
+        model that stops to call tools gets the agent's own tools run and answers again, up
+        to ``max_tool_rounds`` times; a call to a client tool ends the run with ``tool_calls``.
+        """
         req, agent = run.request, run.agent
         text: list[str] = []
         keep = req.keep_text or req.persist
@@ -386,6 +518,10 @@ class AgentRunner:
         error: RunError | None = None
         started_ms = run._now_ms()
         asked: list[str] = []
+        records: list[dict[str, Any]] = []
+        #: Whether the answer being written still needs its transcript record.
+        unrecorded = False
+        client_calls: tuple[ToolCall, ...] = ()
         if agent.timeout_seconds > 0:
             timer = self.clock.callLater(agent.timeout_seconds, run.cancel, "agent_timeout")
         try:
@@ -395,37 +531,86 @@ class AgentRunner:
                 if req.persist
                 else []
             )
-            messages = (*history, Message("user", req.message, req.images))
+            turn = req.turn()
+            if req.conversation is not None and history:
+                # A client that sends the whole conversation to a session that keeps it:
+                # only what follows the last reply is new.
+                turn = _since_last_reply(turn)
+            records.extend(self._input_records(run, turn, started_ms))
+            messages = _paired((*history, *turn))
             system = system_prompt(agent, req.extra_system_prompt)
+            specs = req.tools
+            client_names = {t.name for t in req.tools}
 
-            def make(model: str) -> ModelRequest:
-                asked.append(model)
-                return ModelRequest(model, system, messages, req.sampling, req.stream)
+            agent_names: set[str] = set()
 
-            ref, opened = await run._wait(
-                ensureDeferred(self.providers.open(agent.model.refs, make))
-            )
-            run.model = ref
-            stream = opened
-            run._check()
-            run.started = True
-            run._emit(
-                RunStarted(
-                    run.run_id, run._next_seq(), run._now_ms(), run.session_key, started_ms, ref
+            def is_client(name: str) -> bool:
+                # A name neither side has goes to the agent's tools (an error result the
+                # model can read), unless the agent has none: then the client sees it.
+                return name in client_names or not agent_names
+
+            rounds = 0
+            while True:
+                choice = req.tool_choice if rounds == 0 or req.tool_choice == "none" else None
+
+                def make(model: str, choice: ToolChoice | None = choice) -> ModelRequest:
+                    asked.append(model)
+                    return ModelRequest(
+                        model,
+                        system,
+                        messages,
+                        req.sampling,
+                        req.stream,
+                        specs,
+                        choice,
+                        req.parallel_tool_calls,
+                    )
+
+                ref, opened = await run._wait(
+                    ensureDeferred(self.providers.open(agent.model.refs, make))
                 )
-            )
-            streaming = _Streaming(run, opened, text if keep else None)
-            # Not through run._wait: the pump registers what it waits for itself.
-            await streaming.start()
-            stop, usage = streaming.stop, streaming.usage
+                stream = opened
+                if not run.started:
+                    run.model = ref
+                    run._check()
+                    run.started = True
+                    run._emit(
+                        RunStarted(
+                            run.run_id,
+                            run._next_seq(),
+                            run._now_ms(),
+                            run.session_key,
+                            started_ms,
+                            ref,
+                        )
+                    )
+                text = []
+                unrecorded = True
+                streaming = _Streaming(run, opened, text if keep else None, is_client)
+                # Not through run._wait: the pump registers what it waits for itself.
+                await streaming.start()
+                stream.cancel()
+                stream = None
+                stop, usage = streaming.stop, _add(usage, streaming.usage)
+                calls = streaming.tool_calls()
+                records.append(
+                    self._answer_record(run, "".join(text), streaming.usage, stop, calls)
+                )
+                unrecorded = False
+                if not calls:
+                    break
+                client_calls = tuple(c for c in calls if streaming.is_client(c))
+                if client_calls:
+                    stop = "tool_calls"
+                    break
+                rounds += 1
+                break
         except CancelledError:
             error = _cancelled(run)
             stop = "aborted"
-            usage = streaming.usage if streaming is not None else usage
         except ProviderError as e:
             error = RunError(e.kind, e.message, e.status, e.retry_after)
             stop = "error"
-            usage = streaming.usage if streaming is not None else usage
         except Exception:
             log.failure("agent run {run_id} failed", run_id=run.run_id)
             error = RunError("internal_error", "Internal error.")
@@ -437,32 +622,52 @@ class AgentRunner:
                 stream.cancel()
             if run.model is None and (asked or error is not None):
                 run.model = self._asked_ref(agent.model.refs, len(asked))
+        if error is not None and streaming is not None and unrecorded:
+            # The answer the failure cut short is kept as far as it got.
+            usage = _add(usage, streaming.usage)
+            records.append(self._answer_record(run, "".join(text), streaming.usage, stop, ()))
         # The transcript is durable before the final event, so whoever sees the end of a
         # turn (SSE [DONE], WS final, CLI exit) can rely on it being on disk.
         try:
             if req.persist and (run.started or stop == "aborted"):
+                if not run.started:
+                    records.append(self._answer_record(run, "", Usage(), stop, ()))
                 # Not cancellable: the turn is over and its records are on their way to disk.
-                await self._record(run, "".join(text), usage, stop, started_ms)
+                await self.store.append(agent.id, req.session_key, records)
         except Exception:
             log.failure("could not write the transcript of run {run_id}", run_id=run.run_id)
             error = error or RunError("internal_error", "Internal error.")
             stop = "error"
-        self._end(run, "".join(text), usage, stop, error)
+        self._end(run, "".join(text), usage, stop, error, client_calls)
 
-    def _record(
-        self, run: Run, text: str, usage: Usage, stop: str, started_ms: int
-    ) -> Deferred[None]:
-        req = run.request
-        user: dict[str, Any] = {
-            "type": "message",
-            "role": "user",
-            "text": req.message,
-            "ts": started_ms or run._now_ms(),
-            "runId": run.run_id,
-        }
-        if req.images:
-            user["images"] = len(req.images)
-        assistant = {
+    def _input_records(
+        self, run: Run, turn: tuple[Message, ...], started_ms: int
+    ) -> list[dict[str, Any]]:
+        """The transcript records of what the turn adds before the model answers."""
+        out: list[dict[str, Any]] = []
+        ts = started_ms or run._now_ms()
+        for m in turn:
+            record: dict[str, Any] = {"type": "message", "role": m.role}
+            if m.tool_result is not None:
+                record["toolCallId"] = m.tool_result.tool_call_id
+                record["text"] = m.tool_result.content
+                if m.tool_result.is_error:
+                    record["isError"] = True
+            else:
+                record["text"] = m.text
+            record["ts"] = ts
+            record["runId"] = run.run_id
+            if m.images:
+                record["images"] = len(m.images)
+            if m.tool_calls:
+                record["toolCalls"] = [call_json(c) for c in m.tool_calls]
+            out.append(record)
+        return out
+
+    def _answer_record(
+        self, run: Run, text: str, usage: Usage, stop: str, calls: tuple[ToolCall, ...]
+    ) -> dict[str, Any]:
+        record: dict[str, Any] = {
             "type": "message",
             "role": "assistant",
             "text": text,
@@ -471,21 +676,48 @@ class AgentRunner:
             "usage": usage.to_json(),
             "stopReason": stop,
         }
-        if req.response_id is not None:
-            assistant["responseId"] = req.response_id
-        return self.store.append(run.agent.id, req.session_key, [user, assistant])
+        if run.request.response_id is not None:
+            record["responseId"] = run.request.response_id
+        if calls:
+            record["toolCalls"] = [call_json(c) for c in calls]
+        return record
 
-    def _end(self, run: Run, text: str, usage: Usage, stop: str, error: RunError | None) -> None:
+    def _end(
+        self,
+        run: Run,
+        text: str,
+        usage: Usage,
+        stop: str,
+        error: RunError | None,
+        tool_calls: tuple[ToolCall, ...] = (),
+    ) -> None:
         if run.result is not None:
             return
         if error is None:
             run._emit(
-                RunEnded(run.run_id, run._next_seq(), run._now_ms(), run.session_key, stop, usage)
+                RunEnded(
+                    run.run_id,
+                    run._next_seq(),
+                    run._now_ms(),
+                    run.session_key,
+                    stop,
+                    usage,
+                    tool_calls,
+                )
             )
         else:
             run._emit(RunFailed(run.run_id, run._next_seq(), run._now_ms(), run.session_key, error))
         self.active.pop(run.run_id, None)
-        result = RunResult(run.run_id, run.session_key, run.agent.id, text, stop, usage, error)  # type: ignore[arg-type]
+        result = RunResult(
+            run.run_id,
+            run.session_key,
+            run.agent.id,
+            text,
+            stop,  # type: ignore[arg-type]
+            usage,
+            error,
+            tool_calls if error is None else (),
+        )
         self.log_run_end(run, result)
         run._finish(result)
 

@@ -9,7 +9,7 @@ import attrs
 from twisted.internet.defer import Deferred, succeed
 from zope.interface import Interface, implementer
 
-from ..providers.interface import Message
+from ..providers.interface import Message, ToolCall
 
 #: The longest session key accepted from a client (``x-openclaw-session-key``, the WS
 #: ``sessionKey`` param, ``--session-key``), and the longest ``user`` of a chat completion
@@ -37,7 +37,10 @@ class ISessionStore(Interface):
     """
 
     def history(agent_id: str, session_key: str, limit: int) -> Deferred[list[Message]]:
-        """The last ``limit`` user/assistant messages of the session, oldest first."""
+        """
+        The last ``limit`` messages of the session (user, assistant, tool results), oldest
+        first.
+        """
 
     def append(agent_id: str, session_key: str, records: list[dict[str, Any]]) -> Deferred[None]:
         """
@@ -59,14 +62,35 @@ class ISessionStore(Interface):
 
 
 def message_of(record: dict[str, Any]) -> Message | None:
-    """The user/assistant message a transcript record holds, if it holds one."""
+    """
+    The message a transcript record holds, if it holds one: user or assistant text, an
+    assistant turn's tool calls (``toolCalls``), a tool result (role ``tool``).
+    """
     role, text = record.get("role"), record.get("text")
     if role is None and isinstance(record.get("message"), dict):
         # A transcript written by OpenClaw itself: {"type":"message","message":{...}}.
         role, text = record["message"].get("role"), _content_text(record["message"].get("content"))
-    if role in ("user", "assistant") and isinstance(text, str) and text:
-        return Message(role, text)
+    if role == "tool":
+        call_id = record.get("toolCallId")
+        if isinstance(call_id, str) and isinstance(text, str):
+            return Message.result(call_id, text, record.get("isError") is True)
+        return None
+    calls = _tool_calls(record.get("toolCalls")) if role == "assistant" else ()
+    if role in ("user", "assistant") and isinstance(text, str) and (text or calls):
+        return Message(role, text, tool_calls=calls)
     return None
+
+
+def _tool_calls(value: Any) -> tuple[ToolCall, ...]:
+    if not isinstance(value, list):
+        return ()
+    return tuple(
+        ToolCall(
+            c["id"], c["name"], c["arguments"] if isinstance(c.get("arguments"), str) else "{}"
+        )
+        for c in value
+        if isinstance(c, dict) and isinstance(c.get("id"), str) and isinstance(c.get("name"), str)
+    )
 
 
 def messages_from(records: Sequence[dict[str, Any]], limit: int) -> list[Message]:

@@ -17,7 +17,15 @@ from ..agents.events import RunRequest
 from ..agents.roster import INVALID_MODEL, Roster, RouteError
 from ..agents.store import USER_MAX_CHARS, session_key_error
 from ..config import ChatCompletionsConfig
-from ..providers.interface import Image, Sampling
+from ..providers.interface import (
+    Image,
+    Message,
+    NamedTool,
+    Sampling,
+    ToolCall,
+    ToolChoice,
+    ToolSpec,
+)
 
 MISSING_USER_MESSAGE = "Missing user message in `messages`."
 INVALID_IMAGE = "Invalid image_url content in `messages`."
@@ -133,7 +141,15 @@ def parse_chat(
             )
         include_usage = bool(flag)
 
-    message, extra, images = build_prompt(body.get("messages"), config)
+    tools, choice, parallel = parse_tools(body)
+    conversation: tuple[Message, ...] | None = None
+    if tools or _has_tool_turns(body.get("messages")):
+        conversation, extra, images = build_conversation(
+            body.get("messages"), config, stateless=not route.persist
+        )
+        message = _last_user_text(conversation)
+    else:
+        message, extra, images = build_prompt(body.get("messages"), config)
     persist = route.persist
     run = RunRequest(
         agent_id=route.agent_id,
@@ -146,6 +162,10 @@ def parse_chat(
         # A stateless stream is written out as it goes: nobody reads the whole answer after.
         keep_text=persist or not stream,
         stream=bool(stream),
+        tools=tools,
+        tool_choice=choice,
+        parallel_tool_calls=parallel,
+        conversation=conversation,
     )
     return ChatRequest(run, model, bool(stream), include_usage)
 
@@ -236,6 +256,263 @@ def build_prompt(
             [HISTORY_HEADER, *lines, "", CURRENT_HEADER, f"{current.label}: {text}"]
         )
     return message, "\n\n".join(system), images
+
+
+# ---------------------------------------------------------------------------------------
+# Tools, and the conversation kept as real turns
+
+
+#: OpenAI's own limit on the functions of one request.
+MAX_TOOLS = 128
+_TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def parse_tools(
+    body: Mapping[str, Any],
+) -> tuple[tuple[ToolSpec, ...], ToolChoice | None, bool | None]:
+    """``tools``, ``tool_choice`` and ``parallel_tool_calls``, validated (OpenAI's rules)."""
+    raw = body.get("tools")
+    if raw is None:
+        raw = []
+    if not isinstance(raw, list):
+        raise InvalidRequest("`tools` must be an array.", "tools", "invalid_type")
+    if len(raw) > MAX_TOOLS:
+        raise InvalidRequest(
+            f"`tools` has {len(raw)} entries; at most {MAX_TOOLS} are allowed.",
+            "tools",
+            "invalid_value",
+        )
+    specs: list[ToolSpec] = []
+    for i, tool in enumerate(raw):
+        where = f"tools[{i}]"
+        if not isinstance(tool, dict):
+            raise InvalidRequest(f"`{where}` must be an object.", where, "invalid_type")
+        kind = tool.get("type")
+        if kind != "function":
+            shown = f"'{kind}'" if isinstance(kind, str) else "missing"
+            raise InvalidRequest(
+                f"`{where}.type` is {shown}; only 'function' tools are supported.",
+                f"{where}.type",
+                "invalid_value",
+            )
+        fn = tool.get("function")
+        if not isinstance(fn, dict):
+            raise InvalidRequest(
+                f"`{where}.function` must be an object.", f"{where}.function", "invalid_type"
+            )
+        name = fn.get("name")
+        if not isinstance(name, str) or not _TOOL_NAME.fullmatch(name):
+            raise InvalidRequest(
+                f"`{where}.function.name` must be 1 to 64 letters, digits, '_' or '-'.",
+                f"{where}.function.name",
+                "invalid_value",
+            )
+        if any(s.name == name for s in specs):
+            raise InvalidRequest(
+                f"`{where}.function.name`: the function '{name}' is given twice.",
+                f"{where}.function.name",
+                "invalid_value",
+            )
+        description = fn.get("description")
+        if description is not None and not isinstance(description, str):
+            raise InvalidRequest(
+                f"`{where}.function.description` must be a string.",
+                f"{where}.function.description",
+                "invalid_type",
+            )
+        parameters = fn.get("parameters")
+        if parameters is not None and not isinstance(parameters, dict):
+            raise InvalidRequest(
+                f"`{where}.function.parameters` must be a JSON schema object.",
+                f"{where}.function.parameters",
+                "invalid_type",
+            )
+        strict = fn.get("strict")
+        if strict is not None and not isinstance(strict, bool):
+            raise InvalidRequest(
+                f"`{where}.function.strict` must be a boolean.",
+                f"{where}.function.strict",
+                "invalid_type",
+            )
+        specs.append(ToolSpec(name, description, parameters, strict))
+    choice = _tool_choice(body.get("tool_choice"), specs)
+    parallel = body.get("parallel_tool_calls")
+    if parallel is not None and not isinstance(parallel, bool):
+        raise InvalidRequest(
+            "`parallel_tool_calls` must be a boolean.", "parallel_tool_calls", "invalid_type"
+        )
+    return tuple(specs), choice, parallel if specs else None
+
+
+def _tool_choice(value: Any, specs: list[ToolSpec]) -> ToolChoice | None:
+    if value is None:
+        return None
+    if value in ("auto", "none", "required"):
+        if value == "required" and not specs:
+            raise InvalidRequest(
+                "`tool_choice` 'required' needs `tools`.", "tool_choice", "invalid_value"
+            )
+        return value if specs else None
+    if isinstance(value, dict):
+        kind = value.get("type")
+        if kind in ("allowed_tools", "custom"):
+            raise InvalidRequest(
+                f"`tool_choice` of type '{kind}' is not supported; use 'auto', 'none', "
+                "'required' or a function.",
+                "tool_choice",
+                "invalid_value",
+            )
+        fn = value.get("function")
+        name = fn.get("name") if isinstance(fn, dict) else None
+        if kind == "function" and isinstance(name, str):
+            if not any(s.name == name for s in specs):
+                raise InvalidRequest(
+                    f"`tool_choice` names the function '{name}', which is not in `tools`.",
+                    "tool_choice",
+                    "invalid_value",
+                )
+            return NamedTool(name)
+    raise InvalidRequest(
+        "`tool_choice` must be 'auto', 'none', 'required' or "
+        '{"type": "function", "function": {"name": ...}}.',
+        "tool_choice",
+        "invalid_value",
+    )
+
+
+def _has_tool_turns(messages: Any) -> bool:
+    if not isinstance(messages, list):
+        return False
+    # A tool message without a ``tool_call_id`` (and ``function``) is §4.3's flattened kind.
+    return any(
+        isinstance(m, dict)
+        and (bool(m.get("tool_calls")) or (m.get("role") == "tool" and "tool_call_id" in m))
+        for m in messages
+    )
+
+
+def _last_user_text(conversation: tuple[Message, ...]) -> str:
+    return next((m.text for m in reversed(conversation) if m.role == "user" and m.text), "")
+
+
+def build_conversation(
+    messages: Any, config: ChatCompletionsConfig, *, stateless: bool
+) -> tuple[tuple[Message, ...], str, tuple[Image, ...]]:
+    """
+    The rule for a request with ``tools`` or tool turns: the conversation is given to the
+    model as real turns, not flattened into one text (CONTRACT §4.3 otherwise).  System and
+    developer texts still make the extra system prompt; the current entry is still the last
+    ``user`` or ``tool`` entry (later ones are dropped); images are still only those of the
+    current entry when it is a user's.  Assistant ``tool_calls`` and ``tool`` messages
+    (``tool_call_id``) become tool-call and tool-result turns; a ``tool`` message that
+    answers no call before it is refused when the request is stateless (a stateful session
+    may hold the call).  Returns (the turns, the extra system prompt, the current images).
+    """
+    if messages is None:
+        messages = []
+    if not isinstance(messages, list):
+        raise InvalidRequest("`messages` must be an array.", "messages", "invalid_type")
+    system: list[str] = []
+    turns: list[Message] = []
+    parts_of_last_user: tuple[Any, ...] = ()
+    calls_seen: set[str] = set()
+    for i, msg in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(msg, dict):
+            raise InvalidRequest(f"`{where}` must be an object.", "messages", "invalid_type")
+        role = msg.get("role")
+        role = role.strip().lower() if isinstance(role, str) else ""
+        text = message_text(msg.get("content"))
+        if role in ("system", "developer"):
+            if text:
+                system.append(text)
+        elif role == "user":
+            parts: tuple[Any, ...] = ()
+            if isinstance(msg.get("content"), list):
+                parts = tuple(
+                    p
+                    for p in msg["content"]
+                    if isinstance(p, dict) and p.get("type") == "image_url"
+                )
+            if text or parts:
+                turns.append(Message("user", text))
+                parts_of_last_user = parts
+        elif role == "assistant":
+            calls = _assistant_calls(msg.get("tool_calls"), where)
+            calls_seen.update(c.id for c in calls)
+            if text or calls:
+                turns.append(Message("assistant", text, tool_calls=calls))
+        elif role == "tool":
+            call_id = msg.get("tool_call_id")
+            if not isinstance(call_id, str) or not call_id:
+                raise InvalidRequest(
+                    f"`{where}.tool_call_id` must name the tool call this message answers.",
+                    f"{where}.tool_call_id",
+                    "invalid_value",
+                )
+            if stateless and call_id not in calls_seen:
+                raise InvalidRequest(
+                    f"`{where}` answers the tool call '{call_id}', but no assistant message "
+                    "before it made that call.",
+                    f"{where}.tool_call_id",
+                    "invalid_value",
+                )
+            turns.append(Message.result(call_id, text))
+        elif role == "function":
+            raise InvalidRequest(
+                f"`{where}`: role 'function' (legacy function calling) cannot be used with "
+                "tools; send 'tool' messages with a `tool_call_id`.",
+                f"{where}.role",
+                "invalid_value",
+            )
+    current_at = next(
+        (i for i in range(len(turns) - 1, -1, -1) if turns[i].role in ("user", "tool")), -1
+    )
+    if current_at < 0:
+        raise InvalidRequest(MISSING_USER_MESSAGE, "messages", "missing_user_message")
+    turns = turns[: current_at + 1]
+    current = turns[-1]
+    images: tuple[Image, ...] = ()
+    if current.role == "user":
+        images = decode_images(parts_of_last_user, config)
+        text = current.text or (IMAGE_ONLY_TEXT if images else "")
+        if not text:
+            raise InvalidRequest(MISSING_USER_MESSAGE, "messages", "missing_user_message")
+        turns[-1] = Message("user", text, images)
+    return tuple(turns), "\n\n".join(system), images
+
+
+def _assistant_calls(value: Any, where: str) -> tuple[ToolCall, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise InvalidRequest(
+            f"`{where}.tool_calls` must be an array.", f"{where}.tool_calls", "invalid_type"
+        )
+    calls: list[ToolCall] = []
+    for j, call in enumerate(value):
+        at = f"{where}.tool_calls[{j}]"
+        fn = call.get("function") if isinstance(call, dict) else None
+        call_id = call.get("id") if isinstance(call, dict) else None
+        name = fn.get("name") if isinstance(fn, dict) else None
+        arguments = fn.get("arguments", "{}") if isinstance(fn, dict) else None
+        if (
+            not isinstance(call_id, str)
+            or not call_id
+            or call.get("type", "function") != "function"
+            or not isinstance(name, str)
+            or not name
+            or not isinstance(arguments, str)
+        ):
+            raise InvalidRequest(
+                f"`{at}` must be "
+                '{"id": ..., "type": "function", "function": {"name": ..., "arguments": ...}} '
+                "(arguments a JSON string).",
+                at,
+                "invalid_value",
+            )
+        calls.append(ToolCall(call_id, name, arguments))
+    return tuple(calls)
 
 
 def decode_images(parts: tuple[Any, ...], config: ChatCompletionsConfig) -> tuple[Image, ...]:

@@ -17,7 +17,7 @@ from ..limits import TooManyRuns
 from .chat import InvalidRequest, decode_body, parse_chat
 from .errors import ErrorReply, error_body, json_body, not_found, run_error_reply
 from .gate import json_content_type, method_not_allowed, payload_too_large
-from .sse import CompletionStream, RunStream, usage_json
+from .sse import CompletionStream, RunStream, tool_call_json, usage_json
 
 if TYPE_CHECKING:
     from ..config import ChatCompletionsConfig
@@ -197,20 +197,25 @@ class ChatCompletions:
     ) -> bytes:
         if result.error is not None:
             return run_error_reply(result.error).render(request)
-        text = result.text if result.text.strip() else NO_RESPONSE
-        finish = "length" if result.stop_reason == "length" else "stop"
+        message: dict[str, Any]
+        if result.tool_calls:
+            # The model stopped to have the client's tools run: text only if it wrote some.
+            message = {
+                "role": "assistant",
+                "content": result.text if result.text.strip() else None,
+                "tool_calls": [tool_call_json(c) for c in result.tool_calls],
+            }
+            finish = "tool_calls"
+        else:
+            text = result.text if result.text.strip() else NO_RESPONSE
+            message = {"role": "assistant", "content": text}
+            finish = "length" if result.stop_reason == "length" else "stop"
         body = {
             "id": completion_id,
             "object": "chat.completion",
             "created": created,
             "model": model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text},
-                    "finish_reason": finish,
-                }
-            ],
+            "choices": [{"index": 0, "message": message, "finish_reason": finish}],
             "usage": usage_json(result.usage.to_json()),
         }
         return json_body(request, 200, body)

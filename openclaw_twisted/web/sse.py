@@ -12,8 +12,9 @@ from twisted.web.server import Request
 from zope.interface import implementer
 
 from .._json import dumps
-from ..agents.events import RunEnded, RunError, RunEvent, RunFailed, TextDelta
+from ..agents.events import RunEnded, RunError, RunEvent, RunFailed, TextDelta, ToolCallDelta
 from ..agents.runner import Run
+from ..providers.interface import ToolCall
 from .errors import run_error_reply
 
 log = Logger()
@@ -42,6 +43,27 @@ def usage_json(usage: dict[str, Any] | None) -> dict[str, int] | None:
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": int(usage.get("total", prompt + completion)),
+    }
+
+
+def tool_call_json(call: ToolCall) -> dict[str, Any]:
+    """One entry of an OpenAI ``message.tool_calls``."""
+    return {
+        "id": call.id,
+        "type": "function",
+        "function": {"name": call.name, "arguments": call.arguments},
+    }
+
+
+def tool_delta_json(event: ToolCallDelta) -> dict[str, Any]:
+    """One entry of an OpenAI chunk's ``delta.tool_calls``: id, type and name in a call's first."""
+    if event.id is None:
+        return {"index": event.index, "function": {"arguments": event.arguments_delta}}
+    return {
+        "index": event.index,
+        "id": event.id,
+        "type": "function",
+        "function": {"name": event.name or "", "arguments": event.arguments_delta},
     }
 
 
@@ -263,8 +285,15 @@ class CompletionStream(RunStream):
             self._write(before + dumps(event.delta) + after)
         elif event is None:
             self._end(DONE)
+        elif type(event) is ToolCallDelta:
+            self._write(self._chunk({"tool_calls": [tool_delta_json(event)]}))
         elif isinstance(event, RunEnded):
-            out = self._chunk({}, "length" if event.stop_reason == "length" else "stop")
+            finish = "stop"
+            if event.tool_calls:
+                finish = "tool_calls"
+            elif event.stop_reason == "length":
+                finish = "length"
+            out = self._chunk({}, finish)
             if self.include_usage:
                 usage = usage_json(event.usage.to_json())
                 out += frame({**self._head(), "choices": [], "usage": usage})

@@ -11,9 +11,12 @@ from openclaw_twisted.agents.events import (
     RunStarted,
     TextDelta,
     TextSoFar,
+    ToolCallDelta,
+    ToolResult,
+    ToolStarted,
     to_json,
 )
-from openclaw_twisted.providers.interface import ProviderError, Usage
+from openclaw_twisted.providers.interface import ProviderError, ToolCall, Usage
 from openclaw_twisted.testing import Script
 
 from .test_runner import KEY, Harness
@@ -78,3 +81,60 @@ class TypedEventTests(SynchronousTestCase):
         for event, stream, data in cases:
             self.assertEqual(to_json(event), {**envelope, "stream": stream, "data": data})
             self.assertEqual(event.to_json(), to_json(event))
+
+
+class ToolEventTests(SynchronousTestCase):
+    def test_tool_events_json(self) -> None:
+        head = ("r1", 3, 1700, "agent:main:main")
+        envelope = {"runId": "r1", "seq": 3, "ts": 1700, "sessionKey": "agent:main:main"}
+        call = ToolCall("c1", "read", '{"path":"a.txt"}')
+        cases = [
+            (
+                ToolCallDelta(*head, 0, "c1", "lookup", '{"q"'),
+                {
+                    "phase": "delta",
+                    "index": 0,
+                    "toolCallId": "c1",
+                    "name": "lookup",
+                    "argsDelta": '{"q"',
+                },
+            ),
+            (
+                ToolCallDelta(*head, 1, None, None, ":1}"),
+                {"phase": "delta", "index": 1, "argsDelta": ":1}"},
+            ),
+            (
+                ToolStarted(*head, call),
+                {"phase": "start", "name": "read", "toolCallId": "c1", "args": '{"path":"a.txt"}'},
+            ),
+            (
+                ToolResult(*head, call, "hello", False),
+                {
+                    "phase": "result",
+                    "name": "read",
+                    "toolCallId": "c1",
+                    "isError": False,
+                    "result": "hello",
+                },
+            ),
+        ]
+        for event, data in cases:
+            self.assertEqual(to_json(event), {**envelope, "stream": "tool", "data": data})
+        ended = RunEnded(*head, "tool_calls", Usage(1, 2), (call,))
+        self.assertEqual(
+            to_json(ended)["data"]["toolCalls"],
+            [{"id": "c1", "name": "read", "arguments": '{"path":"a.txt"}'}],
+        )
+        self.assertNotIn("toolCalls", to_json(RunEnded(*head, "stop", Usage()))["data"])
+
+    def test_a_client_tool_call_ends_the_run(self) -> None:
+        call = ToolCall("c1", "lookup", '{"q":1}')
+        h = Harness(self, Script(deltas=("Let me look.",), tool_calls=(call,)))
+        events = h.events(h.start())
+        self.assertEqual(
+            [type(e) for e in events], [RunStarted, TextDelta, ToolCallDelta, RunEnded]
+        )
+        delta, ended = events[2], events[3]
+        assert isinstance(delta, ToolCallDelta) and isinstance(ended, RunEnded)
+        self.assertEqual((delta.index, delta.id, delta.name), (0, "c1", "lookup"))
+        self.assertEqual((ended.stop_reason, ended.tool_calls), ("tool_calls", (call,)))

@@ -177,7 +177,7 @@ class ReadmeExampleTests(SynchronousTestCase):
     def test_the_readme_tools_example_means_what_it_says(self) -> None:
         readme = os.path.join(os.path.dirname(__file__), "..", "..", "README.md")
         with open(readme) as f:
-            section = f.read().split("## Tools (preview)", 1)[1]
+            section = f.read().split("### The agent's own tools", 1)[1]
         example = json5.loads(section.split("```json5", 1)[1].split("```", 1)[0])
         self.assertEqual(names(example, "main"), ["read", "edit", "ls", "find"])
         self.assertEqual(names(example, "ops"), ["read", "edit", "ls", "find", "exec"])
