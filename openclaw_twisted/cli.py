@@ -117,7 +117,7 @@ async def agent_local(
     environ: Mapping[str, str] = os.environ,
 ) -> int:
     """One turn in this process (the gateway's own runner and disk sessions, no port)."""
-    from .agents.events import RunRequest, RunResult, TextDelta
+    from .agents.events import RunRequest, RunResult, TextDelta, ToolStarted, tool_note
     from .agents.roster import UnknownAgent
     from .agents.store import session_key_error
     from .config import ConfigError, load_config
@@ -170,6 +170,9 @@ async def agent_local(
         while (event := await run.next_event()) is not None:
             if isinstance(event, TextDelta):
                 wrote = write(event.delta) or wrote
+            elif isinstance(event, ToolStarted):
+                # On stderr: stdout carries the answer alone (it may be piped on).
+                stderr.write(tool_note(event.call.name, event.call.arguments) + "\n")
         reactor.removeSystemEventTrigger(trigger)
         result = await run.wait()
         if wrote:

@@ -443,6 +443,8 @@ class AgentDefaults:
     workspace: str | None = attrs.field(default=None, validator=optional(_text()))
     timeout_seconds: float = attrs.field(default=600.0, validator=_number(0))
     history_limit: int = attrs.field(default=50, validator=_integer(0))
+    #: How many times one run may have the agent's own tools run before it must answer.
+    max_tool_rounds: int = attrs.field(default=8, validator=_integer(1, 100))
 
 
 @attrs.frozen
@@ -524,6 +526,10 @@ def _unique_ids(
         seen.add(agent.id)
 
 
+# Here, not at the top: the tools package's parser raises this module's ConfigError.
+from .tools.policy import ToolsConfig  # noqa: E402
+
+
 @attrs.frozen
 class Config:
     """Everything the gateway reads from ``openclaw.json``, with OpenClaw's defaults."""
@@ -553,6 +559,10 @@ class Config:
     )
     persist_ephemeral: bool = attrs.field(
         default=False, validator=_FLAG, metadata={"key": "session.persistEphemeral"}
+    )
+    #: ``tools`` and every ``agents.list[].tools``, read by the tools package's own parser.
+    tools: ToolsConfig = attrs.field(
+        factory=ToolsConfig, validator=instance_of(ToolsConfig), metadata={"key": None}
     )
     source: str | None = attrs.field(default=None, metadata={"key": None})
     ignored: tuple[str, ...] = attrs.field(default=(), metadata={"key": None})
@@ -859,11 +869,13 @@ def parse_config(data: Any, environ: Mapping[str, str], source: str | None = Non
             named = set(configured) if isinstance(configured, dict) else set()
             providers += _implicit_providers(named, environ, notes)
         read = _gather(Config, root, {"gateway": gateway, "providers": providers})
+    tools = _tools(data, ignored)
     return _build(
         Config,
         "",
         {
             **read,
+            "tools": tools,
             "state_dir": state_dir(environ),
             "source": source,
             "ignored": tuple(ignored),
@@ -871,6 +883,19 @@ def parse_config(data: Any, environ: Mapping[str, str], source: str | None = Non
             "near_misses": tuple(ignored.near),
         },
     )
+
+
+_TOOLS_KEY = re.compile(r"(tools|agents\.list\[\d+\]\.tools)(\.|\[|$)")
+
+
+def _tools(data: Any, ignored: _Ignored) -> ToolsConfig:
+    """``tools`` and ``agents.list[].tools`` by the tools package's parser (its own unknown
+    keys reported with the others)."""
+    unknown: list[str] = []
+    tools = ToolsConfig.from_mapping(data if isinstance(data, dict) else {}, ignored=unknown)
+    ignored[:] = [k for k in ignored if not _TOOLS_KEY.match(k)]
+    ignored.extend(k.split(":", 1)[0] for k in unknown)
+    return tools
 
 
 def _gateway(g: _Keys, environ: Mapping[str, str]) -> GatewayConfig:

@@ -52,6 +52,7 @@ from .limits import GatedProviders, RunLimits, UpstreamGate
 from .providers.echo import EchoProvider
 from .providers.interface import ProviderError
 from .providers.registry import Providers
+from .tools.toolbox import Toolbox
 from .web.app import GatewayHTTP
 from .web.origin import BrowserPolicy
 from .web.request import GatewaySite
@@ -170,7 +171,13 @@ class Gateway:
             if store is not None
             else DiskSessionStore(config.state_dir, reactor=reactor if threads else None)
         )
-        self.runner = AgentRunner(self.roster, self.providers, self.store, reactor)
+        self.runner = AgentRunner(
+            self.roster,
+            self.providers,
+            self.store,
+            reactor,
+            toolbox=Toolbox.for_reactor(config.tools, reactor),
+        )
         #: ``GET /metrics`` (``gateway.metrics.enabled``); prometheus-client is imported only
         #: then.  An injected one is used even when the config leaves the endpoint off.
         if metrics is None and config.gateway.metrics.enabled:

@@ -184,15 +184,23 @@ class ValueTests(SynchronousTestCase):
                 "channels": {"telegram": {"botToken": "x"}},
                 "plugins": {},
                 "gateway": {"controlUi": {"enabled": True}, "port": 1},
-                "agents": {"list": [{"id": "Main", "tools": {}}]},
+                "agents": {"list": [{"id": "Main", "tools": {"byProvider": {}}, "sandbox": {}}]},
             },
             {},
         )
         self.assertEqual(
             sorted(config.ignored),
-            ["agents.list[0].tools", "channels", "gateway.controlUi.enabled", "plugins"],
+            [
+                "agents.list[0].sandbox",
+                "agents.list[0].tools.byProvider",
+                "channels",
+                "gateway.controlUi.enabled",
+                "plugins",
+            ],
         )
         self.assertEqual(config.agents[0].id, "main")
+        # The agent's ``tools`` is read (by the tools package), its unknown keys reported.
+        self.assertIn("main", config.tools.agents)
 
     def test_keys_one_edit_from_a_known_key_are_near_misses(self) -> None:
         config = parse_config(

@@ -66,7 +66,8 @@ class RunRequest:
 class RunError:
     """Why a run failed, classified so each edge can render it its own way."""
 
-    #: ``ProviderError.kind`` values, plus ``agent_timeout``, ``aborted`` and ``internal_error``.
+    #: ``ProviderError.kind`` values, plus ``agent_timeout``, ``aborted``, ``internal_error``
+    #: and ``tool_rounds`` (the model kept calling tools after ``maxToolRounds``).
     kind: str
     message: str
     status: int | None = None
@@ -256,6 +257,17 @@ def to_json(event: RunEvent) -> dict[str, Any]:
         "stream": event.stream,
         "data": data,
     }
+
+
+#: The longest tool note the CLI prints (a call's arguments can be a whole file).
+NOTE_CHARS = 160
+
+
+def tool_note(name: object, arguments: object) -> str:
+    """The CLI's one line for a tool call the agent made: ``[tool] read {"path": "a"}``."""
+    args = " ".join(str(arguments).split())
+    line = f"[tool] {name} {args}".rstrip()
+    return line if len(line) <= NOTE_CHARS else line[: NOTE_CHARS - 3] + "..."
 
 
 def call_json(call: ToolCall) -> dict[str, str]:

@@ -41,6 +41,8 @@ class Agent:
     workspace: str
     timeout_seconds: float
     history_limit: int
+    #: How many times a run may have the agent's own tools run before it must answer.
+    max_tool_rounds: int = 8
 
 
 class RouteError(Exception):
@@ -114,6 +116,7 @@ class Roster:
                 workspace=os.path.expanduser(workspace),
                 timeout_seconds=d.timeout_seconds,
                 history_limit=d.history_limit,
+                max_tool_rounds=d.max_tool_rounds,
             )
 
         agents = tuple(resolve(a) for a in entries)

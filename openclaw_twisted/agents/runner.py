@@ -10,7 +10,9 @@ from twisted.internet.defer import (
     CancelledError,
     Deferred,
     DeferredLock,
+    FirstError,
     ensureDeferred,
+    gatherResults,
     succeed,
 )
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -27,10 +29,15 @@ from ..providers.interface import (
     TextDelta,
     ToolCall,
     ToolChoice,
+    ToolSpec,
     Usage,
 )
 from ..providers.interface import ToolCallDelta as ModelToolCallDelta
 from ..providers.registry import Providers
+from ..tools.interface import Cancellation
+from ..tools.interface import ToolResult as ToolOutcome
+from ..tools.registry import ToolRegistry
+from ..tools.toolbox import Toolbox
 from . import events
 from .events import (
     RunEnded,
@@ -42,6 +49,8 @@ from .events import (
     RunStarted,
     TextSoFar,
     ToolCallDelta,
+    ToolResult,
+    ToolStarted,
     call_json,
 )
 from .roster import Agent, Roster, system_prompt
@@ -370,6 +379,10 @@ class _Streaming:
             self._done.errback(f)
 
 
+class _TooManyRounds(Exception):
+    """The model still called tools when told to answer (``maxToolRounds`` reached)."""
+
+
 def _add(a: Usage, b: Usage) -> Usage:
     """The usage of two model calls together (unknown only when both are)."""
     if not b.known:
@@ -426,8 +439,11 @@ class AgentRunner:
         clock: IReactorTime,
         *,
         log: Logger = log,
+        toolbox: Toolbox | None = None,
     ) -> None:
         self.roster = roster
+        #: The agents' own tools (``None``: no agent has any).
+        self.toolbox = toolbox
         self.providers = providers
         self.store = store
         self.clock = clock
@@ -539,21 +555,29 @@ class AgentRunner:
             records.extend(self._input_records(run, turn, started_ms))
             messages = _paired((*history, *turn))
             system = system_prompt(agent, req.extra_system_prompt)
-            specs = req.tools
             client_names = {t.name for t in req.tools}
-
-            agent_names: set[str] = set()
+            registry, agent_specs = self._agent_tools(agent.id, client_names)
+            specs = (*req.tools, *agent_specs) if agent_specs else req.tools
+            # The model is shown the text of the answers that called tools again: keep it.
+            keep = keep or bool(agent_specs)
 
             def is_client(name: str) -> bool:
                 # A name neither side has goes to the agent's tools (an error result the
                 # model can read), unless the agent has none: then the client sees it.
-                return name in client_names or not agent_names
+                return name in client_names or not agent_specs
 
             rounds = 0
             while True:
+                # A required or named call was the first answer's; later ones choose.
                 choice = req.tool_choice if rounds == 0 or req.tool_choice == "none" else None
+                if rounds >= agent.max_tool_rounds:
+                    choice = "none"
 
-                def make(model: str, choice: ToolChoice | None = choice) -> ModelRequest:
+                def make(
+                    model: str,
+                    choice: ToolChoice | None = choice,
+                    messages: tuple[Message, ...] = messages,
+                ) -> ModelRequest:
                     asked.append(model)
                     return ModelRequest(
                         model,
@@ -593,18 +617,32 @@ class AgentRunner:
                 stream = None
                 stop, usage = streaming.stop, _add(usage, streaming.usage)
                 calls = streaming.tool_calls()
-                records.append(
-                    self._answer_record(run, "".join(text), streaming.usage, stop, calls)
-                )
+                answer = "".join(text)
+                records.append(self._answer_record(run, answer, streaming.usage, stop, calls))
                 unrecorded = False
                 if not calls:
                     break
+                if rounds >= agent.max_tool_rounds:
+                    raise _TooManyRounds()
                 client_calls = tuple(c for c in calls if streaming.is_client(c))
+                own = [c for c in calls if not streaming.is_client(c)]
+                results: tuple[Message, ...] = ()
+                if own:
+                    assert registry is not None
+                    results = await self._run_tools(run, registry, own)
+                    records.extend(self._input_records(run, results, 0))
                 if client_calls:
                     stop = "tool_calls"
                     break
+                messages = (*messages, Message("assistant", answer, tool_calls=calls), *results)
                 rounds += 1
-                break
+        except _TooManyRounds:
+            error = RunError(
+                "tool_rounds",
+                f"The agent was still calling tools after {agent.max_tool_rounds} rounds "
+                "(agents.defaults.maxToolRounds).",
+            )
+            stop = "error"
         except CancelledError:
             error = _cancelled(run)
             stop = "aborted"
@@ -639,6 +677,68 @@ class AgentRunner:
             error = error or RunError("internal_error", "Internal error.")
             stop = "error"
         self._end(run, "".join(text), usage, stop, error, client_calls)
+
+    def _agent_tools(
+        self, agent_id: str, client_names: set[str]
+    ) -> tuple[ToolRegistry | None, tuple[ToolSpec, ...]]:
+        """The agent's own tools and their specs, less those a client tool shadows."""
+        if self.toolbox is None:
+            return None, ()
+        specs = self.toolbox.specs(agent_id)
+        if client_names and specs:
+            specs = tuple(s for s in specs if s.name not in client_names)
+        return self.toolbox.registry(agent_id), specs
+
+    async def _run_tools(
+        self, run: Run, registry: ToolRegistry, calls: list[ToolCall]
+    ) -> tuple[Message, ...]:
+        """
+        Run the agent's own calls of one answer, all at once; their results, in the order
+        the model made the calls.  Cancelling the run cancels every call (``exec`` kills
+        its process group); the run timeout bounds them with the rest of the run.
+        """
+        assert self.toolbox is not None
+        cancellation = Cancellation()
+        context = self.toolbox.context(
+            run.agent.id, run.agent.workspace, run.session_key, cancellation
+        )
+
+        def done(result: Any, call: ToolCall) -> Any:
+            if isinstance(result, ToolOutcome):
+                run._emit(
+                    ToolResult(
+                        run.run_id,
+                        run._next_seq(),
+                        run._now_ms(),
+                        run.session_key,
+                        call,
+                        result.content,
+                        result.is_error,
+                    )
+                )
+            return result
+
+        pending: list[Deferred[ToolOutcome]] = []
+        for call in calls:
+            run._emit(
+                ToolStarted(run.run_id, run._next_seq(), run._now_ms(), run.session_key, call)
+            )
+            pending.append(
+                registry.invoke(call.name, call.arguments, context).addCallback(done, call)
+            )
+        try:
+            outcomes = await run._wait(gatherResults(pending, consumeErrors=True))
+        except FirstError as e:
+            # A call fails only when cancelled (the registry turns the rest into results).
+            cancellation.cancel()
+            raise CancelledError() from e.subFailure.value
+        except BaseException:
+            cancellation.cancel()
+            raise
+        return tuple(
+            Message.result(call.id, outcome.content, outcome.is_error)
+            for call, outcome in zip(calls, outcomes, strict=True)
+        )
 
     def _input_records(
         self, run: Run, turn: tuple[Message, ...], started_ms: int

@@ -171,6 +171,8 @@ class ToolsConfig:
     deny: tuple[str, ...] = ()
     exec: ExecConfig = ExecConfig()
     agents: Mapping[str, AgentToolsConfig] = attrs.field(factory=dict)
+    #: Whether the config has a ``tools`` section (``agents`` holds the agents with theirs).
+    configured: bool = False
 
     @classmethod
     def from_mapping(
@@ -209,6 +211,7 @@ class ToolsConfig:
             deny=t.names("deny"),
             exec=t.exec(),
             agents=agents,
+            configured=config.get("tools") is not None,
         )
         if strict and unknown:
             raise ConfigError(unknown[0])

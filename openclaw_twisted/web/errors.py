@@ -149,5 +149,8 @@ def run_error_reply(error: RunError) -> ErrorReply:
         return ErrorReply(503, message, "api_error", "shutdown")
     if kind == "aborted":
         return ErrorReply(503, message, "api_error", "aborted")
+    if kind == "tool_rounds":
+        # The model kept calling the agent's tools after it was told to answer.
+        return ErrorReply(502, message, "api_error", "tool_rounds", retry=False)
     # internal_error and anything unforeseen: the details are in the log only.
     return ErrorReply(500, "Internal error.", "api_error", "internal_error")

@@ -24,6 +24,7 @@ from twisted.python.failure import Failure  # noqa: E402
 
 from .._exit import Exit  # noqa: E402
 from .._pull import PullQueue  # noqa: E402
+from ..agents.events import tool_note  # noqa: E402
 from ..config import ConfigError, load_config  # noqa: E402
 from .server import PROTOCOL_VERSION  # noqa: E402
 
@@ -323,9 +324,14 @@ class AgentCommand:
                 frame = await _next(client, "during the run")
                 if frame.get("type") == "event" and frame.get("event") == "agent":
                     event = frame.get("payload") or {}
-                    if event.get("runId") == self.run_id and event.get("stream") == "assistant":
-                        self._write(event["data"]["delta"])
+                    if event.get("runId") != self.run_id:
+                        continue
+                    data = event.get("data") or {}
+                    if event.get("stream") == "assistant":
+                        self._write(data["delta"])
                         printed = True
+                    elif event.get("stream") == "tool" and data.get("phase") == "start":
+                        self.err.write(tool_note(data.get("name"), data.get("args", "")) + "\n")
                     continue
                 if frame.get("type") != "res" or frame.get("id") != "agent":
                     continue
