@@ -19,6 +19,11 @@ import json5
 from attrs import AttrsInstance
 from attrs.validators import deep_iterable, instance_of, optional
 
+# In a module of their own: the tools package's parser (below) raises and uses them too.
+from ._configbase import ConfigError as ConfigError
+from ._configbase import normalize_agent_id as normalize_agent_id
+from .tools.policy import ToolsConfig
+
 DEFAULT_PORT = 18789
 MiB = 1024 * 1024
 
@@ -29,10 +34,6 @@ ProviderApi = Literal["openai-completions", "anthropic-messages", "echo"]
 SUPPORTED_APIS: tuple[str, ...] = ("openai-completions", "anthropic-messages", "echo")
 DEFAULT_IMAGE_MIMES = ("image/jpeg", "image/png", "image/gif", "image/webp")
 WORKSPACE_FILES = ("AGENTS.md", "SOUL.md", "IDENTITY.md", "USER.md", "TOOLS.md")
-
-
-class ConfigError(Exception):
-    """The config cannot be used; the message names the key and the problem, on one line."""
 
 
 # ---------------------------------------------------------------------------------------
@@ -221,12 +222,6 @@ def _agent_id(value: str) -> str:
 
 def _zero_is_unset(value: int | None) -> int | None:
     return None if _is_int(value) and value == 0 else value
-
-
-def normalize_agent_id(raw: str) -> str:
-    """OpenClaw's agent id rule: lowercase, other runs to ``-``, trimmed, <= 64, else ``main``."""
-    s = re.sub(r"[^a-z0-9_-]+", "-", raw.strip().lower()).strip("-")[:64].strip("-")
-    return s or "main"
 
 
 # Secrets never show in ``repr``/``str``: whether one is set does.
@@ -524,10 +519,6 @@ def _unique_ids(
                 owner, f"agents.list[{i}].id", f"duplicate agent id {json.dumps(agent.id)}"
             )
         seen.add(agent.id)
-
-
-# Here, not at the top: the tools package's parser raises this module's ConfigError.
-from .tools.policy import ToolsConfig  # noqa: E402
 
 
 @attrs.frozen

@@ -21,8 +21,9 @@ INVALID_MODEL = "Invalid `model`. Use `openclaw` or `openclaw/<agentId>`."
 #: Where a request came from, which decides the session it lands in when it names none:
 #: the OpenAI-style HTTP surfaces give each ``user`` its own session
 #: (``agent:<id>:<surface>-user:<user>``) and a request without one a fresh session of its
-#: own; the WebSocket protocol and the CLI continue the agent's main session.
-Surface = Literal["openai", "openresponses", "ws", "cli"]
+#: own; the WebSocket protocol, the CLI and ``POST /tools/invoke`` continue the agent's main
+#: session.
+Surface = Literal["openai", "openresponses", "ws", "cli", "tools"]
 HTTP_SURFACES: frozenset[Surface] = frozenset({"openai", "openresponses"})
 
 #: The model every agent uses when the config names none.

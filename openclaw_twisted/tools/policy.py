@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import attrs
 
-from ..config import ConfigError, normalize_agent_id
+from .._configbase import ConfigError, normalize_agent_id
 from .fs import fs_tools
 from .interface import ITool
 from .registry import ToolRegistry

@@ -15,11 +15,20 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from .completions import ChatCompletions
 from .errors import JSON_TYPE, error_body, json_body, not_found
-from .gate import NO_BODY, BodyRule, RouteGate, method_not_allowed
+from .gate import (
+    NO_BODY,
+    BodyRule,
+    RouteGate,
+    json_content_type,
+    method_not_allowed,
+    payload_too_large,
+)
 from .request import BodyLimit, RoutePath
 from .responses import Responses
 from .root import is_websocket_upgrade, root_refusal
 from .sessions import SessionRoutes
+from .tools_invoke import MAX_BODY_BYTES as TOOLS_INVOKE_MAX_BODY_BYTES
+from .tools_invoke import ToolsInvoke
 
 log = Logger()
 
@@ -45,6 +54,7 @@ class GatewayHTTP:
         self.chat = ChatCompletions(edge)
         self.responses = Responses(edge, self.chat)
         self.sessions = SessionRoutes(edge, self.chat)
+        self.tools = ToolsInvoke(edge)
         cc = edge.chat_completions
         # Bound once: naming a request's route for the metrics costs one match, no more, and
         # none for a path a route spells out whole (a table no bigger than the routes).
@@ -54,8 +64,7 @@ class GatewayHTTP:
             0, precheck=lambda r: self.chat.precheck(r, b"GET, HEAD", self.chat.models_enabled)
         )
         # What each route takes as a body, by endpoint name (a route added below without an
-        # entry gets the gate's small default).  A new body route brings its own line: say
-        # 2 MiB for ``/tools/invoke``.
+        # entry gets the gate's small default).  A new body route brings its own line.
         policy = edge.browser
         self.gate = RouteGate(
             self.app.url_map,
@@ -78,6 +87,9 @@ class GatewayHTTP:
                 # ``{}`` at most: some clients send an empty object with every POST.
                 "session_kill": BodyRule(
                     1024, json=True, precheck=lambda r: self.sessions.precheck(r, b"POST")
+                ),
+                "tools_invoke": BodyRule(
+                    TOOLS_INVOKE_MAX_BODY_BYTES, json=True, precheck=self.tools_precheck
                 ),
             },
             before=lambda r: root_refusal(r, policy),
@@ -117,6 +129,12 @@ class GatewayHTTP:
         metrics = self.edge.metrics
         if metrics is not None:
             metrics.request_done(self.route_name(request), status)
+
+    def tools_precheck(self, request: IRequest) -> bytes | None:
+        """``POST`` only, and the bearer credential, before the body is read."""
+        if request.method != b"POST":
+            return method_not_allowed(request, b"POST")
+        return self.chat.authorize(request)
 
     def metrics_precheck(self, request: IRequest) -> bytes | None:
         """404 while ``gateway.metrics`` is off; the bearer check unless its auth is none."""
@@ -197,6 +215,18 @@ class GatewayHTTP:
                 request.loseConnection()  # type: ignore[attr-defined]
                 return None
             return error_body(request, 500, "Internal error.", "api_error", code="internal_error")
+
+    @app.route("/tools/invoke", methods=["POST"])
+    async def tools_invoke(self, request: IRequest) -> bytes | None:
+        # The gate of the gateway's own Site checked these before the body; a Site
+        # without it (embedding) gets the same answers here.
+        if not getattr(request, "prechecked", False):
+            refusal = self.tools_precheck(request) or json_content_type(request)
+            if refusal is not None:
+                return refusal
+            if request.content.seek(0, 2) > TOOLS_INVOKE_MAX_BODY_BYTES:
+                return payload_too_large(request)
+        return await self._guarded(request, self.tools.invoke(request), "tools/invoke")
 
     @app.route("/v1/models")
     def models(self, request: IRequest) -> bytes:

@@ -141,10 +141,12 @@ class RunRegistry(Generic[C]):
                 else:
                     watch.timer = self.clock.callLater(due, self._flush, watch)
             return
-        if watch is not None and isinstance(event, FINAL_EVENTS):
-            # Whatever was held back goes out before the end, to every observer.
+        if watch is not None:
+            # Whatever was held back goes out before the next event (a tool's, the end), to
+            # every observer, so they see the run in order.
             self._flush(watch, force=True)
-            del self._watches[run_id]
+            if isinstance(event, FINAL_EVENTS):
+                del self._watches[run_id]
         observers = self.observers(run_id)
         if observers:
             payload = dumps(to_json(event))

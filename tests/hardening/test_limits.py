@@ -210,12 +210,16 @@ class JsonShapeTests(Base):
             assert_error_envelope(self, r)
         # Nesting the parser does take is just ignored where it does not belong.
         raw = (
-            b'{"tools": '
+            b'{"metadata_of_ours": '
             + b"[" * 500
             + b"]" * 500
             + b', "messages": [{"role": "user", "content": "hi"}]}'
         )
         self.assertEqual(post(self.gateway, raw=raw).status, 200)
+        # ``tools`` is read now: the same nesting there is a 400 naming the field.
+        r = post(self.gateway, raw=raw.replace(b"metadata_of_ours", b"tools"))
+        self.assertEqual(r.status, 400)
+        self.assertEqual(r.json()["error"]["param"], "tools[0]")
 
     def test_ten_thousand_messages(self) -> None:
         messages = [
