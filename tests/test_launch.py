@@ -124,6 +124,7 @@ class ProcessTests(TestCase):
         line = await proc.line_with(b"openclaw gateway listening on")
         self.assertIsNotNone(LISTENING.search(line))
         ignored = await proc.line_with(b"ignoring config keys")
-        for key in (b"channels", b"plugins", b"gateway.controlUi", b"tools"):
+        for key in (b"channels", b"plugins", b"gateway.controlUi"):
             self.assertIn(key, ignored)
+        self.assertNotIn(b"tools", ignored)  # served: the agent's own tools
         self.assertNotIn(b"abc", proc.out)  # the token is never logged
