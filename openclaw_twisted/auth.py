@@ -11,7 +11,10 @@ from collections.abc import Callable, Sequence
 from typing import Literal
 
 import attrs
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
+from zope.interface import Interface, implementer
 
 from .config import AuthConfig, RateLimitConfig
 
@@ -205,37 +208,103 @@ class RateLimiter:
             del self._locked[ip]
 
 
+class IAttemptStore(Interface):
+    """Failed authentication attempts per client IP: what L{Authenticator} consults."""
+
+    def retry_after(ip: str) -> Deferred[int | None]:
+        """Seconds until ``ip`` may try again, or ``None`` when it is not locked out."""
+
+    def failed(ip: str) -> Deferred[None]:
+        """Count a failed attempt; reaching the limit locks ``ip`` out (from the next one)."""
+
+    def succeeded(ip: str) -> Deferred[None]:
+        """Forget ``ip``'s failed attempts (a lock stays until it runs out)."""
+
+
+@implementer(IAttemptStore)
+@attrs.define
+class MemoryAttempts:
+    """The in-memory L{RateLimiter} behind the same interface (one process only)."""
+
+    limiter: RateLimiter
+
+    def retry_after(self, ip: str) -> Deferred[int | None]:
+        return succeed(self.limiter.retry_after(ip))
+
+    def failed(self, ip: str) -> Deferred[None]:
+        self.limiter.failed(ip)
+        return succeed(None)
+
+    def succeeded(self, ip: str) -> Deferred[None]:
+        self.limiter.succeeded(ip)
+        return succeed(None)
+
+
 class Authenticator:
-    """Checks a presented secret for HTTP and WebSocket alike (CONTRACT §3)."""
+    """
+    Checks a presented secret for HTTP and WebSocket alike (CONTRACT §3).  Failed attempts
+    are counted in ``attempts``: this process's L{RateLimiter} by default, or a store every
+    gateway shares (``cluster.RedisAttempts``), so an address locked out on one gateway is
+    locked out on all.  With the in-memory store, ``check``'s Deferred has fired on return.
+    """
 
     def __init__(
-        self, config: AuthConfig, clock: IReactorTime, proxies: ClientAddress | None = None
+        self,
+        config: AuthConfig,
+        clock: IReactorTime,
+        proxies: ClientAddress | None = None,
+        attempts: IAttemptStore | None = None,
     ) -> None:
         self.config = config
         trusted = proxies.is_trusted if proxies is not None else (lambda ip: False)
-        self.limiter = RateLimiter(config.rate_limit, clock, trusted) if config.rate_limit else None
+        #: The in-process limiter, when the attempts are counted here (``None`` otherwise).
+        self.limiter: RateLimiter | None = None
+        if attempts is None and config.rate_limit:
+            self.limiter = RateLimiter(config.rate_limit, clock, trusted)
+            attempts = MemoryAttempts(self.limiter)
+        self.attempts = attempts if config.rate_limit else None
 
     @property
     def required(self) -> bool:
         return self.config.mode != "none"
 
-    def check(self, credential: str | None, ip: str) -> AuthResult:
-        """The lock is checked before the secret; a missing secret is not a failed attempt."""
+    def check(self, credential: str | None, ip: str) -> Deferred[AuthResult]:
+        """
+        The lock is checked before the secret; a missing secret is not a failed attempt.
+        Fails (``StoreUnavailable``) when a shared attempt store cannot be reached: a lock
+        that cannot be read is never taken for no lock.
+        """
         if not self.required:
-            return AuthResult(True)
+            return succeed(AuthResult(True))
         ip = canonical_ip(ip)
-        if self.limiter is not None:
-            wait = self.limiter.retry_after(ip)
-            if wait is not None:
-                return AuthResult(False, "locked", wait)
+        attempts = self.attempts
+        if attempts is None:
+            return succeed(self._verify(credential, ip))
+        return attempts.retry_after(ip).addCallback(self._locked_or, credential, ip, attempts)
+
+    def _locked_or(
+        self, wait: int | None, credential: str | None, ip: str, attempts: IAttemptStore
+    ) -> AuthResult | Deferred[AuthResult]:
+        if wait is not None:
+            return AuthResult(False, "locked", wait)
+        result = self._verify(credential, ip)
+        if result.reason == "missing":
+            return result
+        # A wrong secret is answered 401 once it is counted; the lock it may set applies from
+        # the next attempt.  A right one forgets the failures (and is not held up by that).
+        if result.ok:
+            attempts.succeeded(ip).addErrback(_ignore)
+            return result
+        return attempts.failed(ip).addCallback(lambda _: result)
+
+    def _verify(self, credential: str | None, ip: str) -> AuthResult:
         if not credential:
             return AuthResult(False, "missing")
         expected = self.config.secret
         if expected is None or not secrets_match(credential, expected):
-            if self.limiter is not None:
-                # This attempt is answered 401; the lock it may set applies from the next one.
-                self.limiter.failed(ip)
             return AuthResult(False, "wrong")
-        if self.limiter is not None:
-            self.limiter.succeeded(ip)
         return AuthResult(True)
+
+
+def _ignore(failure: Failure) -> None:
+    """Forgetting failures is best effort: they leave the window by themselves."""

@@ -25,6 +25,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.server import Site
 
 from openclaw_twisted._pull import PullQueue
+from openclaw_twisted.auth import Authenticator, AuthResult
 from openclaw_twisted.gateway import Gateway
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,6 +37,14 @@ async def listen(test: TestCase, gateway: Gateway, site: Site | None = None) -> 
     port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)
     track(test, site, port)
     return f"http://127.0.0.1:{port.getHost().port}"
+
+
+def verdict(auth: Authenticator, credential: str | None, ip: str) -> AuthResult:
+    """The verdict of an authenticator counting attempts in memory (fired on return)."""
+    results: list[Any] = []
+    auth.check(credential, ip).addBoth(results.append)
+    assert results and isinstance(results[0], AuthResult), results
+    return results[0]
 
 
 def track(test: TestCase, site: Site, port: Any) -> None:

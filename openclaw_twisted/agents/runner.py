@@ -9,7 +9,6 @@ from typing import Any, Literal, TypeVar
 from twisted.internet.defer import (
     CancelledError,
     Deferred,
-    DeferredLock,
     FirstError,
     ensureDeferred,
     gatherResults,
@@ -53,9 +52,15 @@ from .events import (
     ToolStarted,
     call_json,
 )
+from .lanes import ILaneLock, LocalLanes
 from .roster import Agent, Roster, system_prompt
 from .roster import UnknownAgent as UnknownAgent  # raised by start(), importable from here
-from .store import ISessionStore
+from .store import (
+    STORE_UNAVAILABLE,
+    STORE_UNAVAILABLE_MESSAGE,
+    ISessionStore,
+    StoreUnavailable,
+)
 
 log = Logger()
 
@@ -67,7 +72,10 @@ EVENT_BUFFER = 16
 MAX_ANSWER_CHARS = 32 * 1024 * 1024
 
 #: ``internal_error``: an edge could not deliver the run's events (a bug, a broken transport).
-CancelReason = Literal["aborted", "agent_timeout", "shutdown", "internal_error"]
+#: ``session_store_unavailable``: the session's lane was lost (its lease could not be renewed).
+CancelReason = Literal[
+    "aborted", "agent_timeout", "shutdown", "internal_error", "session_store_unavailable"
+]
 T = TypeVar("T")
 SHUTDOWN_MESSAGE = "The gateway is shutting down."
 #: The result the model is shown for a tool call nobody answered (a client that sent a new
@@ -81,8 +89,13 @@ def _cancelled(run: Run) -> RunError:
         "agent_timeout": f"The agent run took longer than {run.agent.timeout_seconds:g}s.",
         "shutdown": SHUTDOWN_MESSAGE,
         "internal_error": "Internal error.",
+        STORE_UNAVAILABLE: STORE_UNAVAILABLE_MESSAGE,
     }.get(reason, "The run was cancelled.")
     return RunError(reason, message)
+
+
+def _store_unavailable() -> RunError:
+    return RunError(STORE_UNAVAILABLE, STORE_UNAVAILABLE_MESSAGE, retry_after="1")
 
 
 class Run:
@@ -440,6 +453,7 @@ class AgentRunner:
         *,
         log: Logger = log,
         toolbox: Toolbox | None = None,
+        lanes: ILaneLock | None = None,
     ) -> None:
         self.roster = roster
         #: The agents' own tools (``None``: no agent has any).
@@ -451,7 +465,9 @@ class AgentRunner:
         self.log = log
         self.active: dict[str, Run] = {}
         self.listeners: list[Callable[[Run, RunEvent], object]] = []
-        self._lanes: dict[str, DeferredLock] = {}
+        #: One turn per session at a time (in this process by default; across gateways
+        #: with a shared lock).
+        self.lanes: ILaneLock = lanes if lanes is not None else LocalLanes()
         #: Set once the gateway begins to stop: new runs end at once, and every edge says
         #: it is not ready (the one owner of readiness).
         self.closing = False
@@ -494,15 +510,18 @@ class AgentRunner:
 
     async def _drive(self, run: Run) -> None:
         key = run.request.session_key
-        lane = self._lanes.get(key)
-        if lane is None:
-            lane = self._lanes[key] = DeferredLock()
+        lost = lambda: run.cancel("session_store_unavailable")  # noqa: E731
         try:
-            await run._wait(lane.acquire())
+            release = await run._wait(self.lanes.acquire(key, run.request.persist, lost))
         except CancelledError:
             # Cancelled while queued: the turn never began, so nothing is written.
-            self._drop_lane(key, lane)
             self._end(run, "", Usage(), "aborted", _cancelled(run))
+            return
+        except StoreUnavailable as e:
+            log.warn(
+                "run {run_id}: no lane for session {key}: {why}", run_id=run.run_id, key=key, why=e
+            )
+            self._end(run, "", Usage(), "error", _store_unavailable())
             return
         try:
             await self._turn(run)
@@ -511,12 +530,9 @@ class AgentRunner:
         finally:
             # Whatever happened, the consumers get a final event and the lane moves on.
             self._end(run, "", Usage(), "error", RunError("internal_error", "Internal error."))
-            lane.release()
-            self._drop_lane(key, lane)
-
-    def _drop_lane(self, key: str, lane: DeferredLock) -> None:
-        if not lane.locked and not lane.waiting and self._lanes.get(key) is lane:
-            del self._lanes[key]
+            release().addErrback(
+                lambda f: log.failure("could not release the lane of {key}", f, key=key)
+            )
 
     async def _turn(self, run: Run) -> None:
         """
@@ -649,6 +665,12 @@ class AgentRunner:
         except ProviderError as e:
             error = RunError(e.kind, e.message, e.status, e.retry_after)
             stop = "error"
+        except StoreUnavailable as e:
+            log.warn(
+                "run {run_id}: the session store is unavailable: {why}", run_id=run.run_id, why=e
+            )
+            error = _store_unavailable()
+            stop = "error"
         except Exception:
             log.failure("agent run {run_id} failed", run_id=run.run_id)
             error = RunError("internal_error", "Internal error.")
@@ -672,6 +694,10 @@ class AgentRunner:
                     records.append(self._answer_record(run, "", Usage(), stop, ()))
                 # Not cancellable: the turn is over and its records are on their way to disk.
                 await self.store.append(agent.id, req.session_key, records)
+        except StoreUnavailable as e:
+            log.warn("run {run_id}: transcript not written: {why}", run_id=run.run_id, why=e)
+            error = error or _store_unavailable()
+            stop = "error"
         except Exception:
             log.failure("could not write the transcript of run {run_id}", run_id=run.run_id)
             error = error or RunError("internal_error", "Internal error.")

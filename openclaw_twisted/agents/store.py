@@ -18,6 +18,16 @@ from ..providers.interface import Message, ToolCall
 SESSION_KEY_MAX_CHARS = 512
 USER_MAX_CHARS = 256
 
+#: The ``RunError`` kind of a run whose session store (Redis) could not be reached: HTTP 503
+#: ``session_store_unavailable``, the WebSocket's ``UNAVAILABLE``.
+STORE_UNAVAILABLE = "session_store_unavailable"
+#: What a client is told then (the store's address stays in the gateway's log).
+STORE_UNAVAILABLE_MESSAGE = "The session store is unavailable; try again in a moment."
+
+
+class StoreUnavailable(Exception):
+    """A shared store did not answer (down, restarting, too slow): the request fails now."""
+
 
 def session_key_error(value: str, name: str, limit: int = SESSION_KEY_MAX_CHARS) -> str | None:
     """

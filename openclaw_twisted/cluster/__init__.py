@@ -2,8 +2,10 @@
 
 from ._bus import IEventBus, RedisEventBus
 from ._client import IRedis, RedisClient, RedisCommandError, RedisUnavailable, parse_url
+from ._lanes import RedisLanes
 from ._lease import ILease, RedisLease
 from ._ratelimit import IAttemptStore, MemoryAttempts, RedisAttempts
+from ._store import RedisSessionStore
 from ._transcripts import ITranscripts, RedisTranscripts
 
 __all__ = [
@@ -17,7 +19,9 @@ __all__ = [
     "RedisClient",
     "RedisCommandError",
     "RedisEventBus",
+    "RedisLanes",
     "RedisLease",
+    "RedisSessionStore",
     "RedisTranscripts",
     "RedisUnavailable",
     "parse_url",

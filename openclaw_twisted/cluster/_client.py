@@ -14,6 +14,8 @@ from twisted.internet.interfaces import IReactorTCP, IReactorTime
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
+from ..agents.store import StoreUnavailable
+
 Arg = str | bytes | int | float
 
 #: Seconds a command may wait for its reply before it fails with RedisUnavailable.
@@ -22,7 +24,7 @@ DEFAULT_TIMEOUT = 2.0
 RECONNECT_INITIAL, RECONNECT_MAX = 0.1, 2.0
 
 
-class RedisUnavailable(Exception):
+class RedisUnavailable(StoreUnavailable):
     """Redis did not answer: it is down, restarting or too slow (the gateway answers 503)."""
 
 

@@ -9,9 +9,9 @@ from collections.abc import Callable
 import attrs
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
-from zope.interface import Interface, implementer
+from zope.interface import implementer
 
-from ..auth import RateLimiter, is_loopback
+from ..auth import IAttemptStore, MemoryAttempts, is_loopback
 from ..config import RateLimitConfig
 from ._client import Arg, IRedis
 
@@ -29,38 +29,6 @@ end
 redis.call('PEXPIRE', KEYS[1], ARGV[7])
 return 0
 """
-
-
-class IAttemptStore(Interface):
-    """Failed authentication attempts per client IP: what ``auth.Authenticator`` consults."""
-
-    def retry_after(ip: str) -> Deferred[int | None]:
-        """Seconds until ``ip`` may try again, or ``None`` when it is not locked out."""
-
-    def failed(ip: str) -> Deferred[None]:
-        """Count a failed attempt; reaching the limit locks ``ip`` out (from the next one)."""
-
-    def succeeded(ip: str) -> Deferred[None]:
-        """Forget ``ip``'s failed attempts (a lock stays until it runs out)."""
-
-
-@implementer(IAttemptStore)
-@attrs.define
-class MemoryAttempts:
-    """The in-memory ``auth.RateLimiter`` behind the same interface (one process only)."""
-
-    limiter: RateLimiter
-
-    def retry_after(self, ip: str) -> Deferred[int | None]:
-        return succeed(self.limiter.retry_after(ip))
-
-    def failed(self, ip: str) -> Deferred[None]:
-        self.limiter.failed(ip)
-        return succeed(None)
-
-    def succeeded(self, ip: str) -> Deferred[None]:
-        self.limiter.succeeded(ip)
-        return succeed(None)
 
 
 @implementer(IAttemptStore)
@@ -114,3 +82,6 @@ class RedisAttempts:
 
     def succeeded(self, ip: str) -> Deferred[None]:
         return self.redis.execute("DEL", self._keys(ip)[0]).addCallback(lambda _: None)
+
+
+__all__ = ["IAttemptStore", "MemoryAttempts", "RedisAttempts"]

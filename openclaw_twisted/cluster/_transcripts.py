@@ -76,6 +76,12 @@ class RedisTranscripts:
         d = self.redis.execute("LRANGE", key, -limit, -1)
         return d.addCallback(lambda rows: [json.loads(row) for row in rows])
 
+    def records(self, agent_id: str, session_key: str) -> Deferred[list[dict[str, Any]]]:
+        """Every record of the session, oldest first."""
+        key = self._key("transcript", agent_id, session_key)
+        d = self.redis.execute("LRANGE", key, 0, -1)
+        return d.addCallback(lambda rows: [json.loads(row) for row in rows])
+
     def sessions(self, agent_id: str) -> Deferred[list[dict[str, Any]]]:
         d = self.redis.execute("ZREVRANGE", self._key("sessions", agent_id), 0, -1, "WITHSCORES")
 

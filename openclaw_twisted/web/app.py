@@ -8,7 +8,7 @@ from importlib.resources import files
 from typing import TYPE_CHECKING, Any
 
 from klein import Klein
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
@@ -95,7 +95,9 @@ class GatewayHTTP:
             before=lambda r: root_refusal(r, policy),
         )
 
-    def body_gate(self, request: IRequest, route: RoutePath) -> bytes | BodyLimit | None:
+    def body_gate(
+        self, request: IRequest, route: RoutePath
+    ) -> bytes | BodyLimit | Deferred[bytes | BodyLimit] | None:
         """Checks a request with a body once its headers are in, before the body is read."""
         return self.gate(request, route)
 
@@ -130,18 +132,18 @@ class GatewayHTTP:
         if metrics is not None:
             metrics.request_done(self.route_name(request), status)
 
-    def tools_precheck(self, request: IRequest) -> bytes | None:
+    def tools_precheck(self, request: IRequest) -> Deferred[bytes | None]:
         """``POST`` only, and the bearer credential, before the body is read."""
         if request.method != b"POST":
-            return method_not_allowed(request, b"POST")
+            return succeed(method_not_allowed(request, b"POST"))
         return self.chat.authorize(request)
 
-    def metrics_precheck(self, request: IRequest) -> bytes | None:
+    def metrics_precheck(self, request: IRequest) -> Deferred[bytes | None]:
         """404 while ``gateway.metrics`` is off; the bearer check unless its auth is none."""
         if self.edge.metrics is None or not self.edge.metrics_config.enabled:
-            return not_found(request)
+            return succeed(not_found(request))
         if self.edge.metrics_config.auth == "none":
-            return None
+            return succeed(None)
         return self.chat.authorize(request)
 
     @app.route("/healthz", methods=["GET", "HEAD"])
@@ -161,8 +163,8 @@ class GatewayHTTP:
         return openapi_document()
 
     @app.route("/metrics", methods=["GET", "HEAD"])
-    def metrics(self, request: IRequest) -> bytes | Deferred[bytes]:
-        refusal = self.metrics_precheck(request)
+    async def metrics(self, request: IRequest) -> bytes:
+        refusal = await self.metrics_precheck(request)
         metrics = self.edge.metrics
         if refusal is not None or metrics is None:
             return refusal or not_found(request)
@@ -174,7 +176,7 @@ class GatewayHTTP:
             request.setHeader(b"cache-control", b"no-store")
             return text
 
-        return metrics.scrape().addCallback(send)
+        return send(await metrics.scrape())
 
     @app.route("/v1/chat/completions", branch=False)
     async def chat_completions(self, request: IRequest) -> bytes | None:
@@ -221,7 +223,7 @@ class GatewayHTTP:
         # The gate of the gateway's own Site checked these before the body; a Site
         # without it (embedding) gets the same answers here.
         if not getattr(request, "prechecked", False):
-            refusal = self.tools_precheck(request) or json_content_type(request)
+            refusal = await self.tools_precheck(request) or json_content_type(request)
             if refusal is not None:
                 return refusal
             if request.content.seek(0, 2) > TOOLS_INVOKE_MAX_BODY_BYTES:
@@ -229,12 +231,12 @@ class GatewayHTTP:
         return await self._guarded(request, self.tools.invoke(request), "tools/invoke")
 
     @app.route("/v1/models")
-    def models(self, request: IRequest) -> bytes:
-        return self.chat.models(request)
+    async def models(self, request: IRequest) -> bytes:
+        return await self.chat.models(request)
 
     @app.route("/v1/models/<path:model_id>")
-    def model(self, request: IRequest, model_id: str) -> bytes:
-        return self.chat.models(request, model_id)
+    async def model(self, request: IRequest, model_id: str) -> bytes:
+        return await self.chat.models(request, model_id)
 
     @app.handle_errors(NotFound)
     def missing(self, request: IRequest, failure: Failure) -> bytes:

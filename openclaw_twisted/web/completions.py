@@ -5,14 +5,16 @@ from __future__ import annotations
 import uuid
 from typing import TYPE_CHECKING, Any, cast
 
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.server import Request
 
 from ..agents.events import RunError, RunRequest, RunResult, RunStarted
 from ..agents.runner import Run
-from ..auth import LOCKED_OUT, bearer
+from ..agents.store import STORE_UNAVAILABLE, STORE_UNAVAILABLE_MESSAGE, StoreUnavailable
+from ..auth import LOCKED_OUT, AuthResult, bearer
 from ..limits import TooManyRuns
 from .chat import InvalidRequest, decode_body, parse_chat
 from .errors import ErrorReply, error_body, json_body, not_found, run_error_reply
@@ -57,15 +59,16 @@ class ChatCompletions:
 
     def precheck(
         self, request: IRequest, allow: bytes, enabled: bool | None = None
-    ) -> bytes | None:
+    ) -> Deferred[bytes | None]:
         """
         An answer if the endpoint is off (``enabled``, by default chat completions'), the
-        method wrong or the client not allowed.
+        method wrong or the client not allowed (fired on return unless the failed-attempt
+        store is shared: a round-trip to Redis).
         """
         if not (self.config.enabled if enabled is None else enabled):
-            return not_found(request)
+            return succeed(not_found(request))
         if request.method not in allow.split(b", "):
-            return method_not_allowed(request, allow)
+            return succeed(method_not_allowed(request, allow))
         return self.authorize(request)
 
     @property
@@ -73,11 +76,23 @@ class ChatCompletions:
         """``/v1/models`` is served with either OpenAI-style endpoint."""
         return self.config.enabled or self.edge.responses.enabled
 
-    def authorize(self, request: IRequest) -> bytes | None:
-        """``None`` when the bearer credential is good; else the 401 or 429 answer."""
+    def authorize(self, request: IRequest) -> Deferred[bytes | None]:
+        """``None`` when the bearer credential is good; else the 401, 429 or 503 answer."""
         header = request.getHeader(b"authorization")
         credential = bearer(header.decode("latin-1") if header else None)
-        verdict = self.edge.auth.check(credential, self.edge.client_ip(request))
+        d = self.edge.auth.check(credential, self.edge.client_ip(request))
+        return d.addCallbacks(
+            self._verdict, self._no_verdict, callbackArgs=(request,), errbackArgs=(request,)
+        )
+
+    def _no_verdict(self, failure: Failure, request: IRequest) -> bytes:
+        failure.trap(StoreUnavailable)
+        log.warn("cannot check a credential: {why}", why=failure.value)
+        return ErrorReply(
+            503, STORE_UNAVAILABLE_MESSAGE, "api_error", STORE_UNAVAILABLE, retry_after="1"
+        ).render(request)
+
+    def _verdict(self, verdict: AuthResult, request: IRequest) -> bytes | None:
         if verdict.ok:
             return None
         if verdict.reason == "locked":
@@ -89,7 +104,7 @@ class ChatCompletions:
     # POST /v1/chat/completions
 
     async def complete(self, request: IRequest) -> bytes | None:
-        body = self.read_body(request, self.config.enabled, self.config.max_body_bytes)
+        body = await self.read_body(request, self.config.enabled, self.config.max_body_bytes)
         if isinstance(body, bytes):
             return body
         try:
@@ -133,10 +148,12 @@ class ChatCompletions:
 
     # The steps every run-starting endpoint shares (chat completions, responses).
 
-    def read_body(self, request: IRequest, enabled: bool, max_bytes: int) -> dict[str, Any] | bytes:
+    async def read_body(
+        self, request: IRequest, enabled: bool, max_bytes: int
+    ) -> dict[str, Any] | bytes:
         """The request's JSON object, or the answer that refuses it (§4.1 steps 1-4)."""
         if not getattr(request, "prechecked", False):
-            refusal = self.precheck(request, b"POST", enabled)
+            refusal = await self.precheck(request, b"POST", enabled)
             if refusal is not None:
                 return refusal
         content: Any = request.content
@@ -225,8 +242,8 @@ class ChatCompletions:
     def model_ids(self) -> list[str]:
         return ["openclaw", "openclaw/default", *(f"openclaw/{a}" for a in self.edge.roster.ids)]
 
-    def models(self, request: IRequest, model_id: str | None = None) -> bytes:
-        refusal = self.precheck(request, b"GET, HEAD", self.models_enabled)
+    async def models(self, request: IRequest, model_id: str | None = None) -> bytes:
+        refusal = await self.precheck(request, b"GET, HEAD", self.models_enabled)
         if refusal is not None:
             return refusal
         if model_id is None:

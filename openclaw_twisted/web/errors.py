@@ -147,6 +147,10 @@ def run_error_reply(error: RunError) -> ErrorReply:
         return ErrorReply(504, message, "timeout", "agent_timeout")
     if kind == "shutdown":
         return ErrorReply(503, message, "api_error", "shutdown")
+    if kind == "session_store_unavailable":
+        return ErrorReply(
+            503, message, "api_error", "session_store_unavailable", retry_after=error.retry_after
+        )
     if kind == "aborted":
         return ErrorReply(503, message, "api_error", "aborted")
     if kind == "tool_rounds":

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 import attrs
+from twisted.internet.defer import Deferred
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.routing import Map
@@ -80,12 +81,13 @@ class BodyRule:
     ``max_bytes`` is its limit (0: it takes none; GET and HEAD never do); ``json`` bodies must
     say ``Content-Type: application/json``; ``precheck`` is the route's own checks that come
     before the body (CONTRACT §4.1: endpoint enabled, method, credentials and the rate
-    limiter), whose answer, if any, is sent instead.
+    limiter), whose answer, if any, is sent instead; it may take a while (a Deferred: the
+    credential checked against a limiter shared over Redis), and the body waits for it.
     """
 
     max_bytes: int
     json: bool = False
-    precheck: Callable[[IRequest], bytes | None] | None = None
+    precheck: Callable[[IRequest], bytes | Deferred[bytes | None] | None] | None = None
     too_large: Callable[[IRequest], bytes] = payload_too_large
 
 
@@ -111,7 +113,9 @@ class RouteGate:
     #: What the root resource answers before any route (a foreign Host, a bad handshake).
     before: Callable[[IRequest], bytes | None] | None = None
 
-    def __call__(self, request: IRequest, route: RoutePath) -> bytes | BodyLimit:
+    def __call__(
+        self, request: IRequest, route: RoutePath
+    ) -> bytes | BodyLimit | Deferred[bytes | BodyLimit]:
         if self.before is not None:
             refusal = self.before(request)
             if refusal is not None:
@@ -131,9 +135,16 @@ class RouteGate:
             return not_found(request)
         body = self.rules.get(str(rule.endpoint), self.default)
         if body.precheck is not None:
-            refusal = body.precheck(request)
-            if refusal is not None:
-                return refusal
+            checked = body.precheck(request)
+            if isinstance(checked, Deferred):
+                return checked.addCallback(
+                    lambda r: r if r is not None else self._body(request, method, body)
+                )
+            if checked is not None:
+                return checked
+        return self._body(request, method, body)
+
+    def _body(self, request: IRequest, method: str, body: BodyRule) -> bytes | BodyLimit:
         if body.max_bytes == 0 or method in ("GET", "HEAD"):
             return no_body(request)
         if body.json:

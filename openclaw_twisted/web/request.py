@@ -98,7 +98,7 @@ class BodyLimit:
 #: request and its L{RoutePath}: ``bytes`` is an answer to send at once (status and headers
 #: already set on the request) and the body is never kept; a L{BodyLimit} bounds the body
 #: and says the request passed its route's checks (auth included); ``None`` leaves it alone.
-BodyGate = Callable[[IRequest, RoutePath], "bytes | BodyLimit | None"]
+BodyGate = Callable[[IRequest, RoutePath], "bytes | BodyLimit | Deferred[bytes | BodyLimit] | None"]
 
 
 def body_timeout(request: IRequest) -> bytes:
@@ -161,6 +161,9 @@ class GatewayRequest(Request):
     #: The normalised path; ``None`` when it is not UTF-8 (answered with a 400).
     route: RoutePath | None = None
     _limit: BodyLimit | None = None
+    #: The gate has not decided yet (it waits on a shared limiter); the body waits too.
+    _gating = False
+    _held: tuple[bytes, bytes, bytes] | None = None
     _received = 0
     _deadline: IDelayedCall | None = None
 
@@ -177,7 +180,7 @@ class GatewayRequest(Request):
             self.content = BytesIO()
             return
         gate = getattr(site, "gate", None)
-        verdict: bytes | BodyLimit | None
+        verdict: bytes | BodyLimit | Deferred[bytes | BodyLimit] | None
         try:
             if self.route is None:
                 verdict = bad_path(self)
@@ -185,18 +188,72 @@ class GatewayRequest(Request):
                 verdict = gate(self, self.route) if gate is not None else None
         except Exception:
             log.failure("checking a request before its body failed")
-            verdict = error_body(self, 500, "Internal error.", "api_error", code="internal_error")
+            verdict = self._gate_failed()
+        if isinstance(verdict, Deferred):
+            now: list[Any] = []
+            verdict.addBoth(lambda v: self._decided(v, length) if self._gating else now.append(v))
+            if not now:
+                # The gate waits on something (a shared limiter): read no more of the body
+                # until it has decided; what one read already brought is kept meanwhile.
+                self._gating = True
+                self.content = _body_file(length)
+                self._deadline = site.reactor.callLater(BODY_TIMEOUT_SECONDS, self._too_slow)
+                channel.transport.pauseProducing()
+                return
+            got = now[0]
+            if isinstance(got, Failure):
+                log.failure("checking a request before its body failed", got)
+                got = self._gate_failed()
+            self._apply(got, length)
+            return
+        self._apply(verdict, length)
+
+    def _refused(self) -> bool:
+        """Whether the request has been answered early (a method: mypy keeps no narrowing)."""
+        return self.answered_early
+
+    def _gate_failed(self) -> bytes:
+        return error_body(self, 500, "Internal error.", "api_error", code="internal_error")
+
+    def _decided(self, verdict: bytes | BodyLimit | Failure | None, length: int | None) -> None:
+        """The gate's answer, come after the body began to arrive."""
+        self._gating = False
+        if isinstance(verdict, Failure):
+            log.failure("checking a request before its body failed", verdict)
+            verdict = self._gate_failed()
+        if self.answered_early or self.finished or self._disconnected:
+            return
+        self._apply(verdict, length, gated=True)
+        if self._refused():
+            return
+        transport = getattr(self.channel, "transport", None)
+        if transport is not None:
+            transport.resumeProducing()
+        if self._limit is not None and self._received > self._limit.max_bytes:
+            self._answer_early(self._limit.too_large(self))
+            return
+        held, self._held = self._held, None
+        if held is not None:
+            self._stop_deadline()
+            super().requestReceived(*held)
+
+    def _apply(
+        self, verdict: bytes | BodyLimit | None, length: int | None, gated: bool = False
+    ) -> None:
+        site: Any = self.channel.site  # type: ignore[attr-defined]
         if isinstance(verdict, bytes):
             # Nothing of a refused body is kept: no spool file, no buffer that grows.
             self.content = BytesIO()
             self._answer_early(verdict)
             return
-        self.content = _body_file(length)
+        if not gated:
+            self.content = _body_file(length)
         if isinstance(verdict, BodyLimit):
             # Only a gate that bounded the body has checked the request (auth included).
             self.prechecked = True
             self._limit = verdict
-        self._deadline = site.reactor.callLater(BODY_TIMEOUT_SECONDS, self._too_slow)
+        if not gated:
+            self._deadline = site.reactor.callLater(BODY_TIMEOUT_SECONDS, self._too_slow)
 
     def process(self) -> None:
         if self.path != b"*":  # OPTIONS * is Twisted's to answer
@@ -220,6 +277,9 @@ class GatewayRequest(Request):
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         if self.answered_early:
+            return
+        if self._gating:
+            self._held = (command, path, version)  # the whole body came before the verdict
             return
         self._stop_deadline()
         super().requestReceived(command, path, version)

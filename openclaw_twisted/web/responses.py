@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import TYPE_CHECKING, Any, cast
 
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 from twisted.web.server import Request
@@ -144,11 +144,11 @@ class Responses:
     def config(self) -> ResponsesConfig:
         return self.edge.responses
 
-    def precheck(self, request: IRequest) -> bytes | None:
+    def precheck(self, request: IRequest) -> Deferred[bytes | None]:
         return self.chat.precheck(request, b"POST", self.config.enabled)
 
     async def create(self, request: IRequest) -> bytes | None:
-        body = self.chat.read_body(request, self.config.enabled, self.config.max_body_bytes)
+        body = await self.chat.read_body(request, self.config.enabled, self.config.max_body_bytes)
         if isinstance(body, bytes):
             return body
         headers = openclaw_headers(request)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.web.iweb import IRequest
 
 from ..agents.roster import RouteError
@@ -35,10 +36,10 @@ class SessionRoutes:
         self.edge = edge
         self.chat = chat
 
-    def precheck(self, request: IRequest, allow: bytes) -> bytes | None:
+    def precheck(self, request: IRequest, allow: bytes) -> Deferred[bytes | None]:
         """The method, then the credential (these routes are always on)."""
         if request.method not in allow.split(b", "):
-            return method_not_allowed(request, allow)
+            return succeed(method_not_allowed(request, allow))
         return self.chat.authorize(request)
 
     def _target(self, request: IRequest, key: str) -> tuple[str, str] | bytes:
@@ -57,7 +58,7 @@ class SessionRoutes:
 
     async def history(self, request: IRequest, key: str) -> bytes:
         if not getattr(request, "prechecked", False):
-            refusal = self.precheck(request, b"GET, HEAD")
+            refusal = await self.precheck(request, b"GET, HEAD")
             if refusal is not None:
                 return refusal
         target = self._target(request, key)
@@ -91,7 +92,7 @@ class SessionRoutes:
 
     async def kill(self, request: IRequest, key: str) -> bytes:
         if not getattr(request, "prechecked", False):
-            refusal = self.precheck(request, b"POST")
+            refusal = await self.precheck(request, b"POST")
             if refusal is not None:
                 return refusal
         content: Any = request.content

@@ -19,12 +19,14 @@ from autobahn.twisted.websocket import (  # noqa: E402
 from twisted.internet.defer import Deferred, ensureDeferred  # noqa: E402
 from twisted.internet.interfaces import IDelayedCall, IReactorTime  # noqa: E402
 from twisted.logger import Logger  # noqa: E402
+from twisted.python.failure import Failure  # noqa: E402
 
 from .. import _json as strict_json  # noqa: E402
 from .._version import __version__  # noqa: E402
 from ..agents.events import FINAL_EVENTS, RunEvent  # noqa: E402
 from ..agents.runner import Run  # noqa: E402
-from ..auth import LOCKED_OUT  # noqa: E402
+from ..agents.store import STORE_UNAVAILABLE_MESSAGE, StoreUnavailable  # noqa: E402
+from ..auth import LOCKED_OUT, AuthResult  # noqa: E402
 from . import methods  # noqa: E402
 from .handlers import HANDLERS, PROTOCOL_VERSION, Call, Handler  # noqa: E402
 from .methods import MethodError, dumps, invalid  # noqa: E402
@@ -47,6 +49,8 @@ CONNECT_TIMEOUT_SECONDS = 10.0
 CLOSE_GOING_AWAY = 1001
 CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_POLICY_VIOLATION = 1008
+#: RFC 6455 (IANA registry): the server cannot take the connection now; try again later.
+CLOSE_TRY_AGAIN_LATER = 1013
 
 METHODS = tuple(HANDLERS)
 EVENTS = ("connect.challenge", "agent", "chat", "tick", "shutdown")
@@ -290,7 +294,25 @@ class GatewayWebSocket(WebSocketServerProtocol):
             )
             self.close(CLOSE_PROTOCOL_ERROR, "protocol mismatch")
             return
-        verdict = self._edge.auth.check(auth.get("token") or auth.get("password"), self.client_ip)
+        d = self._edge.auth.check(auth.get("token") or auth.get("password"), self.client_ip)
+        d.addCallbacks(
+            self._checked,
+            self._not_checked,
+            callbackArgs=(req_id, client),
+            errbackArgs=(req_id,),
+        ).addErrback(lambda f: log.failure("connect failed", f))
+
+    def _not_checked(self, failure: Failure, req_id: str) -> None:
+        failure.trap(StoreUnavailable)
+        log.warn("cannot check a credential: {why}", why=failure.value)
+        if self.state != self.STATE_OPEN:
+            return
+        self.reply_error(req_id, MethodError("UNAVAILABLE", STORE_UNAVAILABLE_MESSAGE))
+        self.close(CLOSE_TRY_AGAIN_LATER, "session store unavailable")
+
+    def _checked(self, verdict: AuthResult, req_id: str, client: dict[str, Any]) -> None:
+        if self.state != self.STATE_OPEN:
+            return  # closed while a shared limiter was asked
         if not verdict.ok:
             if verdict.reason == "locked":
                 error = MethodError(

@@ -9,7 +9,7 @@ from twisted.trial.unittest import TestCase
 
 from openclaw_twisted.ws.server import EVENTS, METHODS
 
-from ..support import WSClient, ws_connect
+from ..support import WSClient, verdict, ws_connect
 from .helpers import TOKEN, connect_frame, make_gateway, open_session, serve, ws_factory
 
 
@@ -146,7 +146,7 @@ class HandshakeTests(TestCase):
         reply, code = await self.refused(url, connect_frame(TOKEN))
         self.assertEqual((reply["error"]["code"], code), ("RATE_LIMITED", 1008))
         self.assertEqual(reply["error"]["details"]["retryAfterMs"], 300_000)
-        self.assertEqual(self.gateway.auth.check(TOKEN, "127.0.0.1").reason, "locked")
+        self.assertEqual(verdict(self.gateway.auth, TOKEN, "127.0.0.1").reason, "locked")
 
     async def test_client_ip_behind_trusted_proxy(self) -> None:
         url = await self.start(
@@ -166,8 +166,8 @@ class HandshakeTests(TestCase):
         await client.frames.get()
         self.assertEqual(await client.closed, 1008)
         # The forwarded address was locked, not the proxy's.
-        self.assertEqual(self.gateway.auth.check(TOKEN, "203.0.113.9").reason, "locked")
-        self.assertTrue(self.gateway.auth.check(TOKEN, "127.0.0.1").ok)
+        self.assertEqual(verdict(self.gateway.auth, TOKEN, "203.0.113.9").reason, "locked")
+        self.assertTrue(verdict(self.gateway.auth, TOKEN, "127.0.0.1").ok)
 
     async def test_no_connect_within_10s_closes(self) -> None:
         clock = Clock()
