@@ -509,6 +509,27 @@ class ProviderConfig:
             raise _Invalid(self, "baseUrl", f"required for api {json.dumps(self.api)}")
 
 
+def _redis_url_problem(value: object) -> str | None:
+    if value is None:
+        return None
+    ok = isinstance(value, str) and re.fullmatch(r"redis://[^/?#\s]+(/\d*)?", value.strip())
+    return None if ok else f"expected a URL like redis://host:6379/0, got {_shown(value)}"
+
+
+@attrs.frozen
+class RedisConfig:
+    """``session.redis``: the Redis every gateway of one service shares (``session.store``)."""
+
+    KEY_PATH: ClassVar[str] = "session.redis"
+
+    #: ``redis://[:password@]host[:port][/db]``; else ``OPENCLAW_REDIS_URL``.
+    url: str | None = attrs.field(
+        default=None, validator=_Rule(_redis_url_problem), repr=lambda u: "***" if u else "None"
+    )
+    #: How long a session stays locked after the gateway running its turn dies.
+    lease_seconds: float = attrs.field(default=30.0, validator=_number(0.1))
+
+
 def _unique_ids(
     owner: Config, field: attrs.Attribute[Any], agents: tuple[AgentConfig, ...]
 ) -> None:
@@ -555,11 +576,28 @@ class Config:
     tools: ToolsConfig = attrs.field(
         factory=ToolsConfig, validator=instance_of(ToolsConfig), metadata={"key": None}
     )
+    #: Where sessions live: ``file`` (the state dir) or ``redis`` (shared by many gateways).
+    session_store: Literal["file", "redis"] = attrs.field(
+        default="file", validator=_one_of("file", "redis"), metadata={"key": "session.store"}
+    )
+    redis: RedisConfig = attrs.field(
+        default=RedisConfig(), validator=instance_of(RedisConfig), metadata={"key": "session.redis"}
+    )
     source: str | None = attrs.field(default=None, metadata={"key": None})
     ignored: tuple[str, ...] = attrs.field(default=(), metadata={"key": None})
     notes: tuple[str, ...] = attrs.field(default=(), metadata={"key": None})
     #: Ignored keys one edit away from a key read at the same place: (ignored, known).
     near_misses: tuple[tuple[str, str], ...] = attrs.field(default=(), metadata={"key": None})
+
+    @session_store.validator
+    def _redis_url_needed(self, field: attrs.Attribute[str], value: str) -> None:
+        if value == "redis" and not self.redis.url:
+            raise _Invalid(
+                self,
+                "session.redis.url",
+                'session.store "redis" needs a Redis URL: set session.redis.url '
+                "(redis://host:6379/0) or OPENCLAW_REDIS_URL",
+            )
 
     @property
     def chat_completions(self) -> ChatCompletionsConfig:
@@ -581,6 +619,7 @@ for _cls in (
     AgentConfig,
     ProviderModel,
     ProviderConfig,
+    RedisConfig,
     Config,
 ):
     attrs.resolve_types(_cls)
@@ -861,6 +900,13 @@ def parse_config(data: Any, environ: Mapping[str, str], source: str | None = Non
             providers += _implicit_providers(named, environ, notes)
         read = _gather(Config, root, {"gateway": gateway, "providers": providers})
     tools = _tools(data, ignored)
+    redis_url = environ.get("OPENCLAW_REDIS_URL", "").strip()
+    redis = read.get("redis", RedisConfig())
+    if redis_url and isinstance(redis, RedisConfig) and not redis.url:
+        problem = _redis_url_problem(redis_url)
+        if problem is not None:
+            raise ConfigError(f"OPENCLAW_REDIS_URL: {problem}")
+        read["redis"] = attrs.evolve(redis, url=redis_url)
     return _build(
         Config,
         "",

@@ -18,6 +18,7 @@ from .limits import RunLimits
 from .web.origin import BrowserPolicy
 
 if TYPE_CHECKING:
+    from .cluster._runs import ClusterRuns
     from .metrics import Metrics
 
 
@@ -61,6 +62,8 @@ class Edge:
     metrics: Metrics | None = None
     #: ``gateway.metrics``: whether ``GET /metrics`` is served, and its auth.
     metrics_config: MetricsConfig = MetricsConfig()
+    #: The runs of every gateway on one Redis (``session.store: "redis"``), else ``None``.
+    cluster: ClusterRuns | None = None
 
     @property
     def ready(self) -> bool:

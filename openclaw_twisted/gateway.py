@@ -41,11 +41,12 @@ from twisted.web.iweb import IAgentEndpointFactory, IPolicyForHTTPS, IRequest
 from twisted.web.resource import IResource
 from zope.interface import implementer
 
+from .agents.lanes import ILaneLock
 from .agents.roster import Roster
 from .agents.runner import AgentRunner
 from .agents.sessions import DiskSessionStore
 from .agents.store import ISessionStore
-from .auth import Authenticator, ClientAddress, is_loopback
+from .auth import Authenticator, ClientAddress, IAttemptStore, is_loopback
 from .config import Config
 from .edge import Edge
 from .limits import GatedProviders, RunLimits, UpstreamGate
@@ -59,7 +60,10 @@ from .web.request import GatewaySite
 from .web.root import GatewayRoot
 
 if TYPE_CHECKING:
-    # Autobahn is imported on the first WebSocket upgrade only.
+    # Autobahn is imported on the first WebSocket upgrade only; txredisapi when sessions
+    # live in Redis.
+    from .cluster import RedisClient, RedisEventBus
+    from .cluster._runs import ClusterRuns
     from .metrics import Metrics
     from .ws.server import GatewayWebSocketFactory
 
@@ -156,7 +160,15 @@ class Gateway:
         self.reactor = reactor
         self.http = http if http is not None else http_client(reactor)
         self.client_address = ClientAddress.from_config(config.gateway.trusted_proxies)
-        self.auth = Authenticator(config.gateway.auth, reactor, self.client_address)
+        #: The shared parts when ``session.store`` is ``redis`` (else ``None``).
+        self.redis: RedisClient | None = None
+        self.bus: RedisEventBus | None = None
+        self.cluster: ClusterRuns | None = None
+        lanes: ILaneLock | None = None
+        attempts: IAttemptStore | None = None
+        if config.session_store == "redis":
+            store, lanes, attempts = self._shared(store)
+        self.auth = Authenticator(config.gateway.auth, reactor, self.client_address, attempts)
         self.roster = Roster.from_config(config)
         self.limits = RunLimits.from_config(config.gateway.limits)
         self.providers = GatedProviders.gating(
@@ -177,7 +189,9 @@ class Gateway:
             self.store,
             reactor,
             toolbox=Toolbox.for_reactor(config.tools, reactor),
+            lanes=lanes,
         )
+        self._join_cluster()
         #: ``GET /metrics`` (``gateway.metrics.enabled``); prometheus-client is imported only
         #: then.  An injected one is used even when the config leaves the endpoint off.
         if metrics is None and config.gateway.metrics.enabled:
@@ -206,12 +220,56 @@ class Gateway:
             persist_ephemeral=config.persist_ephemeral,
             metrics=self.metrics,
             metrics_config=config.gateway.metrics,
+            cluster=self.cluster,
         )
         self._http_app = GatewayHTTP(self.edge)
         self._ws_factory: GatewayWebSocketFactory | None = None
         self._ws_resource: IResource | None = None
         self._root: IResource | None = None
         self._sites: list[GatewaySite] = []
+
+    def _shared(
+        self, store: ISessionStore | None
+    ) -> tuple[ISessionStore, ILaneLock, IAttemptStore | None]:
+        """Sessions, lanes, the failed-auth limiter and runs on the Redis every gateway shares."""
+        from .cluster import (
+            RedisAttempts,
+            RedisClient,
+            RedisEventBus,
+            RedisLanes,
+            RedisSessionStore,
+            RedisTranscripts,
+        )
+        from .cluster._runs import ClusterRuns
+
+        url = self.config.redis.url
+        assert url is not None  # the config refuses session.store "redis" without one
+        reactor = self.reactor
+        self.redis = redis = RedisClient.connect(reactor, url)
+        self.bus = RedisEventBus.connect(reactor, url, redis)
+        self.cluster = ClusterRuns(redis, self.bus, reactor)
+        transcripts = RedisTranscripts(redis)
+
+        def durable(_: object) -> Deferred[str | None]:
+            return transcripts.durability()
+
+        def warn(problem: str | None) -> None:
+            if problem is not None:
+                log.warn("{problem}", problem=problem)
+
+        redis.when_connected().addCallback(durable).addCallbacks(warn, lambda f: None)
+        rate_limit = self.config.gateway.auth.rate_limit
+        attempts = (
+            RedisAttempts(redis, rate_limit, reactor, self.client_address.is_trusted)
+            if rate_limit is not None
+            else None
+        )
+        lanes = RedisLanes(redis, reactor, self.config.redis.lease_seconds)
+        return (store or RedisSessionStore(transcripts)), lanes, attempts
+
+    def _join_cluster(self) -> None:
+        if self.cluster is not None:
+            self.cluster.attach(self.runner)
 
     @property
     def ready(self) -> bool:
@@ -273,6 +331,16 @@ class Gateway:
         pool = getattr(getattr(self.http, "_agent", None), "_pool", None)
         if pool is not None:
             await pool.closeCachedConnections()
+        await self.close_shared()
+
+    async def close_shared(self) -> None:
+        """Leave the shared run registry and close the Redis connections (if any)."""
+        if self.cluster is not None:
+            await self.cluster.detach()
+        if self.bus is not None:
+            await self.bus.close()
+        if self.redis is not None:
+            await self.redis.close()
 
     def describe(self) -> list[str]:
         """The start-up log lines that say what this gateway serves."""

@@ -465,6 +465,8 @@ class AgentRunner:
         self.log = log
         self.active: dict[str, Run] = {}
         self.listeners: list[Callable[[Run, RunEvent], object]] = []
+        #: Called with each run as it is taken (before it waits in its lane).
+        self.on_start: list[Callable[[Run], object]] = []
         #: One turn per session at a time (in this process by default; across gateways
         #: with a shared lock).
         self.lanes: ILaneLock = lanes if lanes is not None else LocalLanes()
@@ -495,6 +497,11 @@ class AgentRunner:
             self._end(run, "", Usage(), "error", RunError("shutdown", SHUTDOWN_MESSAGE))
             return run
         self.active[run.run_id] = run
+        for hook in list(self.on_start):
+            try:
+                hook(run)
+            except Exception:
+                log.failure("run hook {hook!r} failed", hook=hook)
         ensureDeferred(self._drive(run)).addErrback(
             lambda f: log.failure("agent run {run_id} crashed", f, run_id=run_id)
         )

@@ -12,6 +12,7 @@ from twisted.internet.defer import Deferred, succeed
 from .._version import __version__
 from ..agents.events import RunError, RunEvent, RunRequest, RunResult, TextDelta, to_json
 from ..agents.runner import Run, UnknownAgent
+from ..agents.store import STORE_UNAVAILABLE_MESSAGE, StoreUnavailable
 from ..limits import TooManyRuns
 from . import methods
 from .methods import MethodError, integer, invalid, text
@@ -201,6 +202,8 @@ async def agent_wait(edge: Edge, conn: Connection, call: Call) -> dict[str, Any]
     timeout_ms = integer(call.params, "timeoutMs", 30_000, 0, 24 * 3600 * 1000)
     tracked = conn.registry.runs.get(run_id or "")
     run = tracked.run if tracked is not None else edge.runner.active.get(run_id or "")
+    if run is None and edge.cluster is not None:
+        return await _wait_elsewhere(edge, run_id or "", timeout_ms / 1000)
     if run is None:
         raise invalid(f"unknown runId '{run_id}'")
     result = await _wait(edge, run, timeout_ms / 1000)
@@ -214,6 +217,24 @@ async def agent_wait(edge: Edge, conn: Connection, call: Call) -> dict[str, Any]
     if result.error is not None:
         return {**out, "status": "error", "error": result.error.to_json()}
     return {**out, "status": "ok", "stopReason": result.stop_reason}
+
+
+async def _wait_elsewhere(edge: Edge, run_id: str, seconds: float) -> dict[str, Any]:
+    """``agent.wait`` for a run another gateway on the same Redis runs (or ran)."""
+    assert edge.cluster is not None
+    try:
+        remote = await edge.cluster.wait(run_id, seconds)
+    except StoreUnavailable:
+        raise MethodError("UNAVAILABLE", STORE_UNAVAILABLE_MESSAGE) from None
+    if remote is None:
+        raise invalid(f"unknown runId '{run_id}'")
+    out: dict[str, Any] = {"runId": run_id, "startedAt": remote.accepted_at}
+    if remote.ended_at is None or remote.outcome is None:
+        return {**out, "status": "timeout"}
+    out["endedAt"] = remote.ended_at
+    if "error" in remote.outcome:
+        return {**out, "status": "error", "error": remote.outcome["error"]}
+    return {**out, "status": "ok", "stopReason": remote.outcome.get("stopReason")}
 
 
 def _wait(edge: Edge, run: Run, seconds: float) -> Deferred[RunResult | None]:
@@ -248,7 +269,15 @@ async def chat_abort(edge: Edge, conn: Connection, call: Call) -> dict[str, Any]
     ]
     for r in runs:
         r.cancel("aborted")
-    return {"ok": True, "aborted": bool(runs), "runIds": [r.run_id for r in runs]}
+    run_ids = [r.run_id for r in runs]
+    if edge.cluster is not None and not (run_id is not None and run_ids):
+        # The run may be another gateway's: each one stops its matching runs and says which.
+        try:
+            run_ids += await edge.cluster.abort_elsewhere(key, run_id)
+        except StoreUnavailable:
+            if not run_ids:
+                raise MethodError("UNAVAILABLE", STORE_UNAVAILABLE_MESSAGE) from None
+    return {"ok": True, "aborted": bool(run_ids), "runIds": run_ids}
 
 
 #: Every method a connected client may call, in the order ``hello-ok`` lists them.

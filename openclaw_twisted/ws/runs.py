@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
-from typing import Generic, Protocol, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, Generic, Protocol, TypeVar
 
 import attrs
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -152,6 +152,14 @@ class RunRegistry(Generic[C]):
             payload = dumps(to_json(event))
             for conn in observers:
                 conn.send_encoded_event("agent", payload)
+
+    def relay(self, payload: Mapping[str, Any]) -> None:
+        """Another gateway's run event (merged already): to every authenticated client."""
+        conns = [c for c in self.connections if c.authenticated]
+        if conns:
+            encoded = dumps(payload)
+            for conn in conns:
+                conn.send_encoded_event("agent", encoded)
 
     def _flush(self, watch: _Watch, force: bool = False) -> None:
         """

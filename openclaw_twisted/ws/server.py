@@ -405,6 +405,9 @@ class GatewayWebSocket(WebSocketServerProtocol):
             payload = await handler(self._edge, self, Call(req_id, params))
         except MethodError as e:
             self.reply_error(req_id, e)
+        except StoreUnavailable as e:
+            log.warn("WebSocket method {method}: {why}", method=method, why=e)
+            self.reply_error(req_id, MethodError("UNAVAILABLE", STORE_UNAVAILABLE_MESSAGE))
         except Exception:
             log.failure("WebSocket method {method} failed", method=method)
             self.reply_error(req_id, MethodError("INTERNAL", "Internal error."))
@@ -490,6 +493,8 @@ class GatewayWebSocketFactory(WebSocketServerFactory):
         self.started_ms = int(edge.started_at * 1000)
         self.registry: RunRegistry[GatewayWebSocket] = RunRegistry(edge.clock, edge.now_ms)
         edge.runner.listeners.append(self.registry.broadcast)
+        if edge.cluster is not None:
+            edge.cluster.relays.append(self.registry.relay)
 
     @property
     def connections(self) -> set[GatewayWebSocket]:

@@ -1,0 +1,345 @@
+"""Runs findable from every gateway: a registry in Redis, events and aborts over the bus."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ..agents.events import FINAL_EVENTS, RunEvent, RunResult, TextDelta, to_json
+from ..agents.runner import AgentRunner, Run
+from ._bus import IEventBus
+from ._client import IRedis
+
+log = Logger()
+
+#: The bus channel every gateway of one Redis publishes its runs' events and aborts on.
+CHANNEL = "openclaw:runs"
+#: The shortest time between two ``assistant`` events of one run on the bus (the deltas in
+#: between go as one): what a WebSocket observer gets on the run's own gateway too.
+PUBLISH_INTERVAL = 0.150
+#: How long a run's registry entry lasts while it runs (renewed at its start, dropped to
+#: ``ENDED_TTL`` at its end) and after, for ``agent.wait``; seconds.
+RUNNING_TTL, ENDED_TTL = 3600, 600
+#: How long ``chat.abort`` waits for the other gateways to say which runs they stopped.
+ABORT_REPLY_SECONDS = 1.0
+
+Relay = Callable[[Mapping[str, Any]], None]
+
+
+@attrs.frozen
+class RemoteRun:
+    """A run of another gateway, as its registry entry tells it."""
+
+    run_id: str
+    session_key: str
+    accepted_at: int
+    ended_at: int | None = None
+    #: ``{"stopReason": ...}`` or ``{"error": {kind, message}}`` once ended.
+    outcome: Mapping[str, Any] | None = None
+
+
+@attrs.define
+class _Ask:
+    """A ``chat.abort`` sent to the other gateways, collecting their answers."""
+
+    id: str
+    done: Deferred[list[str]] = attrs.Factory(Deferred)
+    stopped: list[str] = attrs.Factory(list)
+    replies: int = 0
+    #: How many gateways got the request (known once Redis says).
+    expected: int | None = None
+    timer: IDelayedCall | None = None
+
+
+class _Watch:
+    """One run's deltas held back until the next publish."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.latest: TextDelta | None = None
+        self.sent_at = float("-inf")
+        self.timer: IDelayedCall | None = None
+
+
+class ClusterRuns:
+    """
+    This gateway's part in the shared run registry.  Each run it starts is entered in Redis
+    (``run id → gateway, session key``, with a TTL) and its events are published once on
+    L{CHANNEL} (``assistant`` deltas merged every L{PUBLISH_INTERVAL}); events from the other
+    gateways go to ``relays`` (the WebSocket broadcast) and to ``agent.wait`` callers here.
+    A gateway ignores its own messages, so nothing loops.  ``chat.abort`` on any gateway
+    reaches the run wherever it runs: an abort request on the bus, answered by each gateway
+    with the runs it stopped.
+    """
+
+    def __init__(
+        self,
+        redis: IRedis,
+        bus: IEventBus,
+        clock: IReactorTime,
+        gateway_id: str | None = None,
+        prefix: str = "openclaw:run:",
+    ) -> None:
+        self.redis = redis
+        self.bus = bus
+        self.clock = clock
+        self.gateway_id = gateway_id or secrets.token_hex(8)
+        self.prefix = prefix
+        self.runner: AgentRunner | None = None
+        self.relays: list[Relay] = []
+        self._watches: dict[str, _Watch] = {}
+        self._waiters: dict[str, list[Deferred[Mapping[str, Any]]]] = {}
+        self._asks: dict[str, _Ask] = {}
+
+    # Wiring.
+
+    def attach(self, runner: AgentRunner) -> Deferred[None]:
+        """Enter ``runner``'s runs, publish their events, and listen to the other gateways."""
+        self.runner = runner
+        runner.on_start.append(self._started)
+        runner.listeners.append(self.observe)
+        return self.bus.subscribe(CHANNEL, self._received)
+
+    def detach(self) -> Deferred[None]:
+        if self.runner is not None:
+            if self._started in self.runner.on_start:
+                self.runner.on_start.remove(self._started)
+            if self.observe in self.runner.listeners:
+                self.runner.listeners.remove(self.observe)
+        return self.bus.unsubscribe(CHANNEL, self._received)
+
+    # This gateway's runs.
+
+    def _key(self, run_id: str) -> str:
+        return self.prefix + run_id
+
+    def _now_ms(self) -> int:
+        return int(self.clock.seconds() * 1000)
+
+    def _started(self, run: Run) -> None:
+        entry = {"gateway": self.gateway_id, "sessionKey": run.session_key}
+        entry["acceptedAt"] = self._now_ms()  # type: ignore[assignment]
+        self._write(run.run_id, entry, RUNNING_TTL)
+
+        def ended(result: RunResult) -> None:
+            outcome: dict[str, Any] = (
+                {"error": result.error.to_json()}
+                if result.error is not None
+                else {"stopReason": result.stop_reason}
+            )
+            self._write(
+                run.run_id, {**entry, "endedAt": self._now_ms(), "outcome": outcome}, ENDED_TTL
+            )
+
+        run.wait().addCallback(ended)
+
+    def _write(self, run_id: str, entry: Mapping[str, Any], ttl: int) -> None:
+        d = self.redis.execute("SET", self._key(run_id), json.dumps(entry), "EX", ttl)
+        d.addErrback(
+            lambda f: log.warn("run {run_id} not entered: {why}", run_id=run_id, why=f.value)
+        )
+
+    def observe(self, run: Run, event: RunEvent) -> None:
+        """A runner listener: this gateway's run events, on the bus once (deltas merged)."""
+        run_id = run.run_id
+        if isinstance(event, TextDelta):
+            watch = self._watches.get(run_id)
+            if watch is None:
+                watch = self._watches[run_id] = _Watch()
+            watch.parts.append(event.delta)
+            watch.latest = event
+            if watch.timer is None:
+                due = watch.sent_at + PUBLISH_INTERVAL - self.clock.seconds()
+                if due <= 0:
+                    self._flush(run_id, watch)
+                else:
+                    watch.timer = self.clock.callLater(due, self._flush, run_id, watch)
+            return
+        if isinstance(event, FINAL_EVENTS):
+            watch = self._watches.pop(run_id, None)
+            if watch is not None:
+                self._flush(run_id, watch)
+        self._publish({"t": "event", "p": to_json(event)})
+
+    def _flush(self, run_id: str, watch: _Watch) -> None:
+        if watch.timer is not None and watch.timer.active():
+            watch.timer.cancel()
+        watch.timer = None
+        latest = watch.latest
+        if latest is None or not watch.parts:
+            return
+        watch.sent_at = self.clock.seconds()
+        delta, watch.parts = "".join(watch.parts), []
+        payload = {
+            "runId": run_id,
+            "seq": latest.seq,
+            "ts": latest.ts,
+            "sessionKey": latest.session_key,
+            "stream": "assistant",
+            "data": {"delta": delta},
+        }
+        self._publish({"t": "event", "p": payload})
+
+    def _publish(self, message: dict[str, Any]) -> Deferred[int]:
+        message["gw"] = self.gateway_id
+        d = self.bus.publish(CHANNEL, message)
+
+        def lost(f: Failure) -> int:
+            # Best effort, as the local broadcast: the transcript keeps what must not be lost.
+            log.warn("a run event was not published: {why}", why=f.value)
+            return 0
+
+        return d.addErrback(lost)
+
+    # What other gateways say.
+
+    def _received(self, message: Mapping[str, Any]) -> None:
+        if message.get("gw") == self.gateway_id:
+            return
+        kind = message.get("t")
+        try:
+            if kind == "event":
+                self._remote_event(message["p"])
+            elif kind == "abort":
+                self._abort_asked(message)
+            elif kind == "aborted" and message.get("to") == self.gateway_id:
+                self._abort_answered(message)
+        except Exception:
+            log.failure("a message from gateway {gw} failed", gw=message.get("gw"))
+
+    def _remote_event(self, payload: Mapping[str, Any]) -> None:
+        for relay in list(self.relays):
+            relay(payload)
+        data = payload.get("data") or {}
+        if payload.get("stream") == "lifecycle" and data.get("phase") in ("end", "error"):
+            for d in self._waiters.pop(payload.get("runId", ""), []):
+                d.callback(payload)
+
+    # agent.wait
+
+    def find(self, run_id: str) -> Deferred[RemoteRun | None]:
+        """Another gateway's run (``None``: no gateway knows it, or it ended long ago)."""
+        d = self.redis.execute("GET", self._key(run_id))
+
+        def parsed(raw: str | None) -> RemoteRun | None:
+            if raw is None:
+                return None
+            entry = json.loads(raw)
+            return RemoteRun(
+                run_id,
+                entry.get("sessionKey", ""),
+                entry.get("acceptedAt", 0),
+                entry.get("endedAt"),
+                entry.get("outcome"),
+            )
+
+        return d.addCallback(parsed)
+
+    def wait(self, run_id: str, seconds: float) -> Deferred[RemoteRun | None]:
+        """
+        Another gateway's run once it has ended, or as it is after ``seconds``; ``None`` for
+        a run no gateway knows.  Listens before it looks, so an end between the two is seen.
+        """
+        ended: Deferred[Mapping[str, Any]] = Deferred()
+        self._waiters.setdefault(run_id, []).append(ended)
+        result: Deferred[RemoteRun | None] = Deferred()
+
+        def stop_listening() -> None:
+            waiters = self._waiters.get(run_id, [])
+            if ended in waiters:
+                waiters.remove(ended)
+            if not waiters:
+                self._waiters.pop(run_id, None)
+
+        def found(run: RemoteRun | None) -> None:
+            if run is None or run.ended_at is not None:
+                stop_listening()
+                result.callback(run)
+                return
+
+            def finished(payload: Mapping[str, Any]) -> None:
+                if timer.active():
+                    timer.cancel()
+                # The entry is rewritten as the run ends; the event is what is sure by now.
+                data = payload.get("data") or {}
+                outcome = (
+                    {"error": data.get("error")}
+                    if data.get("phase") == "error"
+                    else {"stopReason": data.get("stopReason")}
+                )
+                result.callback(attrs.evolve(run, ended_at=payload.get("ts"), outcome=outcome))
+
+            def expired() -> None:
+                stop_listening()
+                result.callback(run)
+
+            timer = self.clock.callLater(seconds, expired)
+            ended.addCallback(finished)
+
+        def failed(f: Failure) -> None:
+            stop_listening()
+            result.errback(f)
+
+        self.find(run_id).addCallbacks(found, failed)
+        return result
+
+    # chat.abort
+
+    def abort_elsewhere(self, session_key: str | None, run_id: str | None) -> Deferred[list[str]]:
+        """Ask every other gateway to stop the matching runs; the ids of those stopped."""
+        ask = _Ask(secrets.token_hex(8))
+        self._asks[ask.id] = ask
+
+        def published(receivers: int) -> None:
+            # Every gateway's listener counts, this one's too (it ignores its own message).
+            ask.expected = max(0, receivers - 1)
+            ask.timer = self.clock.callLater(ABORT_REPLY_SECONDS, self._answered, ask, True)
+            self._answered(ask)
+
+        def failed(f: Failure) -> None:
+            self._asks.pop(ask.id, None)
+            ask.done.errback(f)
+
+        message = {"t": "abort", "q": ask.id, "sessionKey": session_key, "runId": run_id}
+        message["gw"] = self.gateway_id
+        self.bus.publish(CHANNEL, message).addCallbacks(published, failed)
+        return ask.done
+
+    def _answered(self, ask: _Ask, expired: bool = False) -> None:
+        if ask.done.called or not (
+            expired or (ask.expected is not None and ask.replies >= ask.expected)
+        ):
+            return
+        self._asks.pop(ask.id, None)
+        if ask.timer is not None and ask.timer.active():
+            ask.timer.cancel()
+        ask.done.callback(ask.stopped)
+
+    def _abort_asked(self, message: Mapping[str, Any]) -> None:
+        key, run_id = message.get("sessionKey"), message.get("runId")
+        stopped: list[str] = []
+        if self.runner is not None:
+            for run in list(self.runner.active.values()):
+                if (run_id is None or run.run_id == run_id) and (
+                    key is None or run.session_key == key
+                ):
+                    run.cancel("aborted")
+                    stopped.append(run.run_id)
+        reply = {"t": "aborted", "q": message.get("q"), "to": message.get("gw"), "runIds": stopped}
+        self._publish(reply)
+
+    def _abort_answered(self, message: Mapping[str, Any]) -> None:
+        ask = self._asks.get(message.get("q", ""))
+        if ask is None:
+            return
+        ask.stopped.extend(message.get("runIds") or [])
+        ask.replies += 1
+        self._answered(ask)
