@@ -269,7 +269,10 @@ class Gateway:
 
     def _join_cluster(self) -> None:
         if self.cluster is not None:
-            self.cluster.attach(self.runner)
+            # Subscribed again on every reconnect; a failure now is only this attempt's.
+            self.cluster.attach(self.runner).addErrback(
+                lambda f: log.warn("not yet listening to the other gateways: {why}", why=f.value)
+            )
 
     @property
     def ready(self) -> bool:

@@ -45,7 +45,8 @@ class _Subscriber(txredisapi.SubscriberProtocol):
 
         def resubscribe(_: object) -> None:
             if self.bus._receivers:
-                self.subscribe(list(self.bus._receivers))
+                # Lost with the connection if it drops now: the next one subscribes again.
+                self.subscribe(list(self.bus._receivers)).addErrback(lambda _: None)
 
         return d.addCallback(resubscribe)
 
