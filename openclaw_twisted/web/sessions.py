@@ -111,12 +111,16 @@ class SessionRoutes:
             return target
         agent_id, session_key = target
         runs = [r for r in self.edge.runner.active.values() if r.session_key == session_key]
-        # The tail read: one message is enough to know the session exists.
-        if not runs and not await self.edge.store.history(agent_id, session_key, 1):
-            return _refusal(request, 404, f"Session not found: {session_key}", "not_found")
         for run in runs:
             run.cancel("aborted")
-        body = {"ok": True, "killed": bool(runs), "runIds": [r.run_id for r in runs]}
+        run_ids = [r.run_id for r in runs]
+        if self.edge.cluster is not None:
+            # The turn may run on another gateway of the same Redis.
+            run_ids += await self.edge.cluster.abort_elsewhere(session_key, None)
+        # The tail read: one message is enough to know the session exists.
+        if not run_ids and not await self.edge.store.history(agent_id, session_key, 1):
+            return _refusal(request, 404, f"Session not found: {session_key}", "not_found")
+        body = {"ok": True, "killed": bool(run_ids), "runIds": run_ids}
         return json_body(request, 200, body)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from twisted.internet import reactor
@@ -10,7 +11,8 @@ from twisted.trial.unittest import TestCase
 
 from openclaw_twisted.testing import Script, parse_sse
 
-from ..ws.helpers import Session, open_session, until_end
+from ..support import http_client, ws_connect
+from ..ws.helpers import Session, connect_frame, open_session, until_end
 from .gateways import TOKEN, chat, pair
 
 
@@ -116,6 +118,21 @@ class TwoGatewayTests(TestCase):
         unknown = await on_b.call("agent.wait", {"runId": "no-such-run"})
         self.assertEqual(unknown["error"]["code"], "INVALID_REQUEST")
 
+    async def test_sessions_kill_on_the_other_gateway(self) -> None:
+        _, a, b = await pair(self, Script(hang=True))
+        key = "agent:main:killme"
+        on_a = await open_session(self, a.ws_url, TOKEN)
+        sent = await on_a.ok("chat.send", {"sessionKey": key, "message": "wait"})
+        while not a.provider.streams:
+            await deferLater(reactor, 0.01, lambda: None)
+        response = await http_client(self).post(
+            f"{b.url}/sessions/{key}/kill", headers={"Authorization": f"Bearer {TOKEN}"}
+        )
+        self.assertEqual(response.code, 200)
+        body = json.loads(await response.content())
+        self.assertEqual(body, {"ok": True, "killed": True, "runIds": [sent["runId"]]})
+        self.assertEqual((await final(on_a))["payload"]["state"], "aborted")
+
     async def test_one_turn_of_a_session_at_a_time_over_both_gateways(self) -> None:
         _, a, b = await pair(self, Script(deltas=("slow", " answer"), delta_delay=0.05))
         key = "agent:main:lane"
@@ -150,8 +167,6 @@ class TwoGatewayTests(TestCase):
         self.assertGreater(int(headers["retry-after"]), 0)
         status, _, _ = await chat(self, a, hi)
         self.assertEqual(status, 429)
-        from ..support import ws_connect
-        from ..ws.helpers import connect_frame
 
         client = await ws_connect(self, b.ws_url)
         await client.frames.get()
