@@ -174,7 +174,7 @@ class Bench:
         argv = self.python("-m", "bench.floor", "--upstream", upstream)
         return Proc("floor", argv, self.out, r"listening (\d+)", self.env)
 
-    def start_gateway(self, provider: Proc) -> Proc:
+    def start_gateway(self, provider: Proc, session: dict[str, Any] | None = None) -> Proc:
         """``openclaw-twisted gateway --config <file> --port 0``, as a user starts it."""
         self.gateways += 1
         state = self.out / f"state-{self.gateways}"
@@ -210,6 +210,8 @@ class Bench:
                 ],
             },
         }
+        if session is not None:
+            config["session"] = session
         path = state / "openclaw.json5"
         path.write_text(json.dumps(config, indent=2))
         env = dict(self.env, OPENCLAW_STATE_DIR=str(state))
@@ -339,6 +341,8 @@ class Bench:
             self.slow_reader(provider)
         if "7" in scenarios:
             self.responses_streams(provider)
+        if "8" in scenarios:
+            self.cluster(provider)
         if not self.ready_times:
             self.start_gateway(provider).stop()
         idle, ready = statistics.median(self.idle), statistics.median(self.ready_times)
@@ -415,6 +419,100 @@ class Bench:
             ratio >= 0.5 and not via["errors"],
         )
         self.check_errors("3", via)
+
+    def start_redis(self) -> subprocess.Popen[bytes] | None:
+        """Debian's ``redis-server`` on a free port, durable as the README says to run it."""
+        if shutil.which("redis-server") is None:
+            return None
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        directory = self.out / "redis"
+        directory.mkdir(exist_ok=True)
+        argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+        argv += ["--appendonly", "yes", "--appendfsync", "always", "--dir", str(directory)]
+        argv += ["--logfile", "redis.log"]
+        redis = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        redis.port = port  # type: ignore[attr-defined]
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5) as c:
+                    c.sendall(b"PING\r\n")
+                    if c.recv(16).startswith(b"+PONG"):
+                        return redis
+            except OSError:
+                time.sleep(0.01)
+        redis.kill()
+        raise SystemExit("bench: redis-server did not start")
+
+    def spread_loop(self, gws: list[Proc], connections: int, user: str) -> dict[str, float]:
+        """``closed_loop`` with the clients spread evenly over several gateways at once."""
+        each = connections // len(gws)
+        results: list[dict[str, float]] = [{} for _ in gws]
+
+        def one(i: int, gw: Proc) -> None:
+            # Each load generator numbers its clients from 1: a prefix of its own keeps one
+            # client's session on one gateway, as a balancer with sticky sessions would.
+            results[i] = self.closed_loop(gw, each, user=f"{user}{i}" if user else "")
+
+        threads = [threading.Thread(target=one, args=(i, gw)) for i, gw in enumerate(gws)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return {
+            "rps": sum(r["rps"] for r in results),
+            "p50": max(r["p50"] for r in results),
+            "p99": max(r["p99"] for r in results),
+            "errors": sum(r["errors"] for r in results),
+        }
+
+    def cluster(self, provider: Proc) -> None:
+        """Scenarios 2 and 3 against 2 gateways on one Redis, beside 1 with the file store."""
+        redis = self.start_redis()
+        if redis is None:
+            self.notes.append("8: skipped (no redis-server on PATH; apt-get install redis-server)")
+            return
+        try:
+            one = self.start_gateway(provider)
+            try:
+                file_2 = self.measure(
+                    "8 file 2", [provider, one], lambda: self.closed_loop(one, 32)
+                )
+                file_3 = self.measure(
+                    "8 file 3", [provider, one], lambda: self.closed_loop(one, 32, user="client")
+                )
+            finally:
+                one.stop()
+            url = f"redis://127.0.0.1:{redis.port}"  # type: ignore[attr-defined]
+            shared = {"store": "redis", "redis": {"url": url}}
+            gws = [self.start_gateway(provider, shared) for _ in range(2)]
+            try:
+                procs = [provider, *gws]
+                two_2 = self.measure("8 redis 2", procs, lambda: self.spread_loop(gws, 32, ""))
+                two_3 = self.measure(
+                    "8 redis 3", procs, lambda: self.spread_loop(gws, 32, "client")
+                )
+            finally:
+                for gw in gws:
+                    gw.stop()
+        finally:
+            redis.terminate()
+            redis.wait(10)
+        for label, two, file in (("stateless", two_2, file_2), ("with sessions", two_3, file_3)):
+            ratio = _ratio(two["rps"], file["rps"])
+            self.row(
+                f"8. req/s, 32 clients, {label}: 2 gateways on Redis",
+                "report",
+                f"{two['rps']:.0f} req/s, p99 {two['p99']:.1f} ms",
+                f"{ratio:.2f}x of 1 gateway, file store ({file['rps']:.0f} req/s, "
+                f"p99 {file['p99']:.1f} ms)",
+                not two["errors"],
+            )
+            self.check_errors("8", two)
 
     def fan_out(self, provider: Proc, profile: bool) -> None:
         m = self.mode
@@ -687,7 +785,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-install", action="store_true", help="never apt-get install wrk")
     parser.add_argument("--python-load", action="store_true", help="use the Python load client")
     parser.add_argument(
-        "--only", default="1234567", help="the scenarios to run, e.g. 45 (3 includes 2)"
+        "--only", default="12345678", help="the scenarios to run, e.g. 45 (3 includes 2)"
     )
     parser.add_argument("--out", help="where logs and state go (default: a temporary directory)")
     options = parser.parse_args(argv)
