@@ -801,6 +801,50 @@ class FakeUpstream:
         base = self.base_url + ("/v1" if api == "openai-completions" else "")
         return ProviderConfig(name, api, base, api_key, (), tuple(ProviderModel(m) for m in models))
 
+    def provider_config(
+        self,
+        name: str = "fake",
+        api: ProviderApi = "openai-completions",
+        models: Sequence[str] = ("m",),
+        api_key: str | None = "sk-test-key",
+    ) -> dict[str, Any]:
+        """The ``models.providers`` entry pointing at this server, as ``openclaw.json`` has it."""
+        p = self.provider(name, api, models, api_key)
+        entry: dict[str, Any] = {"baseUrl": p.base_url, "api": api}
+        if api_key is not None:
+            entry["apiKey"] = api_key
+        entry["models"] = [{"id": m} for m in models]
+        return entry
+
+    def gateway_config(
+        self,
+        api: ProviderApi = "openai-completions",
+        models: Sequence[str] = ("m",),
+        *,
+        name: str = "fake",
+        token: str = MEMORY_TOKEN,
+        endpoints: Mapping[str, Any] | None = None,
+        agents: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """
+        A whole ``openclaw.json`` document for a gateway in front of this server: token auth
+        with ``token``, the HTTP ``endpoints`` (default: chat completions on), ``agents``
+        (default: every agent on ``<name>/<first model>``) and this server as provider
+        ``name`` serving ``models``.  A fresh mapping: add to it what a test needs.
+        """
+        if endpoints is None:
+            endpoints = {"chatCompletions": {"enabled": True}}
+        if agents is None:
+            agents = {"defaults": {"model": f"{name}/{models[0]}"}}
+        return {
+            "gateway": {
+                "auth": {"mode": "token", "token": token},
+                "http": {"endpoints": endpoints},
+            },
+            "agents": agents,
+            "models": {"providers": {name: self.provider_config(name, api, models)}},
+        }
+
     @property
     def bodies(self) -> list[Any]:
         """The JSON body of every request received, in order: what the provider sent."""

@@ -37,24 +37,8 @@ class ProviderFaultTests(TestCase):
         """A FakeUpstream speaking ``api``, a gateway using it, and a client without a pool."""
         self.upstream = await FakeUpstream.start(reactor)
         self.addCleanup(self.upstream.stop)
-        p = self.upstream.provider("fake", api, models=["m"])  # type: ignore[arg-type]
-        data = {
-            "gateway": {
-                "auth": {"mode": "token", "token": TOKEN},
-                "http": {"endpoints": {"chatCompletions": {"enabled": True}}},
-            },
-            "agents": {"defaults": {"model": "fake/m", "timeoutSeconds": timeout}},
-            "models": {
-                "providers": {
-                    "fake": {
-                        "baseUrl": p.base_url,
-                        "apiKey": p.api_key,
-                        "api": api,
-                        "models": [{"id": "m"}],
-                    }
-                }
-            },
-        }
+        agents = {"defaults": {"model": "fake/m", "timeoutSeconds": timeout}}
+        data = self.upstream.gateway_config(api, agents=agents)  # type: ignore[arg-type]
         config = parse_config(data, {"OPENCLAW_STATE_DIR": self.mktemp()})
         self.gateway = Gateway(config, reactor)
         self.addCleanup(lambda: Deferred.fromCoroutine(self.gateway.shutdown(0)))

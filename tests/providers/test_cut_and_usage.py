@@ -32,25 +32,12 @@ class GatewayTests(TestCase):
         self.upstream = await FakeUpstream.start(reactor)
         self.addCleanup(self.upstream.stop)
         self.upstream.script(*replies)
-        p = self.upstream.provider("fake", api, models=["m", "spare"])  # type: ignore[arg-type]
         model: Any = {"primary": "fake/m", "fallbacks": ["fake/spare"]} if fallback else "fake/m"
-        data = {
-            "gateway": {
-                "auth": {"mode": "token", "token": TOKEN},
-                "http": {"endpoints": {"chatCompletions": {"enabled": True}}},
-            },
-            "agents": {"defaults": {"model": model}},
-            "models": {
-                "providers": {
-                    "fake": {
-                        "baseUrl": p.base_url,
-                        "apiKey": p.api_key,
-                        "api": api,
-                        "models": [{"id": "m"}, {"id": "spare"}],
-                    }
-                }
-            },
-        }
+        data = self.upstream.gateway_config(
+            api,  # type: ignore[arg-type]
+            ["m", "spare"],
+            agents={"defaults": {"model": model}},
+        )
         gateway = Gateway(parse_config(data, {"OPENCLAW_STATE_DIR": self.mktemp()}), reactor)
         self.gateway = gateway
         self.addCleanup(lambda: Deferred.fromCoroutine(gateway.shutdown(0)))

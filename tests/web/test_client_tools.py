@@ -55,24 +55,8 @@ class Served:
         self.upstream = await FakeUpstream.start(reactor)
         self.addCleanup(self.upstream.stop)
         self.upstream.script(*replies)
-        p = self.upstream.provider("fake", self.api, models=["m"])
-        data = {
-            "gateway": {
-                "auth": {"mode": "token", "token": TOKEN},
-                "http": {"endpoints": {"chatCompletions": {"enabled": True}}},
-            },
-            "agents": {"defaults": {"model": "fake/m"}, "list": [{"id": "main"}]},
-            "models": {
-                "providers": {
-                    "fake": {
-                        "baseUrl": p.base_url,
-                        "apiKey": p.api_key,
-                        "api": p.api,
-                        "models": [{"id": "m"}],
-                    }
-                }
-            },
-        }
+        agents = {"defaults": {"model": "fake/m"}, "list": [{"id": "main"}]}
+        data = self.upstream.gateway_config(self.api, agents=agents)
         config = parse_config(data, {"OPENCLAW_STATE_DIR": self.mktemp()})
         self.gateway = Gateway(config, reactor)
         self.addCleanup(lambda: self.gateway.shutdown(0))

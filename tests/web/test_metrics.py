@@ -19,7 +19,7 @@ from openclaw_twisted.testing import FakeUpstream, Reply
 from ..support import listen, ws_connect
 from .memory import TOKEN, parse_response
 from .test_loopback import RawClient, request_bytes, until
-from .test_upstream import provider_json
+from .test_upstream import MODELS
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -63,17 +63,9 @@ class MetricsTests(TestCase):
         self.upstream = await FakeUpstream.start(reactor)
         self.addCleanup(self.upstream.stop)
         self.upstream.script(*replies)
-        gateway: dict[str, Any] = {
-            "auth": {"mode": "token", "token": TOKEN},
-            "http": {"endpoints": {"chatCompletions": {"enabled": True}}},
-        }
+        data = self.upstream.gateway_config(models=MODELS)
         if metrics is not None:
-            gateway["metrics"] = metrics
-        data = {
-            "gateway": gateway,
-            "agents": {"defaults": {"model": "fake/model-a"}},
-            "models": {"providers": {"fake": provider_json(self.upstream)}},
-        }
+            data["gateway"]["metrics"] = metrics
         config = parse_config(data, {"OPENCLAW_STATE_DIR": self.mktemp()})
         self.gateway = Gateway(config, reactor)
         self.addCleanup(lambda: self.gateway.shutdown(0))

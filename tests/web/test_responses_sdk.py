@@ -23,27 +23,15 @@ from openclaw_twisted.testing import FakeUpstream, Reply
 from ..support import REPO, http_client, listen
 from .memory import TOKEN
 from .test_loopback import RawClient, request_bytes, until
-from .test_upstream import provider_json
+from .test_upstream import AGENTS, MODELS
 
 T = TypeVar("T")
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def responses_config(upstream: FakeUpstream, state_dir: str, **responses: Any) -> Any:
-    data = {
-        "gateway": {
-            "auth": {"mode": "token", "token": TOKEN},
-            "http": {"endpoints": {"responses": {"enabled": True, **responses}}},
-        },
-        "agents": {
-            "defaults": {"model": "fake/model-a"},
-            "list": [
-                {"id": "main", "default": True},
-                {"id": "beta", "name": "Beta", "model": "fake/model-b"},
-            ],
-        },
-        "models": {"providers": {"fake": provider_json(upstream)}},
-    }
+    endpoints = {"responses": {"enabled": True, **responses}}
+    data = upstream.gateway_config(models=MODELS, endpoints=endpoints, agents=AGENTS)
     return parse_config(data, {"OPENCLAW_STATE_DIR": state_dir})
 
 

@@ -13,7 +13,7 @@ from openclaw_twisted.testing import FakeUpstream, Reply, Script, ScriptedProvid
 
 from ..support import http_client, listen
 from ..ws.helpers import open_session
-from .memory import TOKEN, MemoryClient, gateway_config, make_gateway, post
+from .memory import TOKEN, MemoryClient, make_gateway, post
 
 #: More deltas than a run buffers for a reader that stopped pulling (EVENT_BUFFER is 16).
 LONG = tuple(f" {i}" for i in range(40))
@@ -34,21 +34,7 @@ class LoneSurrogateTests(TestCase):
         self.addCleanup(upstream.stop)
         answer = ("a", "\ud800", *LONG)
         upstream.script(*(Reply(deltas=answer) for _ in range(2)), Reply(deltas=("next",)))
-        p = upstream.provider("fake", "openai-completions", models=["m"])
-        data = {
-            **gateway_config("x"),
-            "agents": {"defaults": {"model": "fake/m"}},
-            "models": {
-                "providers": {
-                    "fake": {
-                        "baseUrl": p.base_url,
-                        "apiKey": p.api_key,
-                        "api": p.api,
-                        "models": [{"id": "m"}],
-                    }
-                }
-            },
-        }
+        data = upstream.gateway_config()
         gateway = Gateway(parse_config(data, {"OPENCLAW_STATE_DIR": self.mktemp()}), reactor)
         self.addCleanup(lambda: gateway.shutdown(0))
         base = await listen(self, gateway)

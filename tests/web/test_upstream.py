@@ -22,14 +22,15 @@ from .test_loopback import RawClient, Repeated, request_bytes, until
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
-def provider_json(server: FakeUpstream) -> dict[str, Any]:
-    p = server.provider("fake", "openai-completions", models=["model-a", "model-b"])
-    return {
-        "baseUrl": p.base_url,
-        "apiKey": p.api_key,
-        "api": p.api,
-        "models": [{"id": m.id} for m in p.models],
-    }
+#: Agents main (default) and beta, each on its own model of the FakeUpstream.
+AGENTS = {
+    "defaults": {"model": "fake/model-a"},
+    "list": [
+        {"id": "main", "default": True},
+        {"id": "beta", "name": "Beta", "model": "fake/model-b"},
+    ],
+}
+MODELS = ("model-a", "model-b")
 
 
 class UpstreamTests(TestCase):
@@ -37,20 +38,8 @@ class UpstreamTests(TestCase):
         self.upstream = await FakeUpstream.start(reactor)
         self.addCleanup(self.upstream.stop)
         self.upstream.script(*replies)
-        data = {
-            "gateway": {
-                "auth": {"mode": "token", "token": TOKEN},
-                "http": {"endpoints": {"chatCompletions": {"enabled": True, **chat}}},
-            },
-            "agents": {
-                "defaults": {"model": "fake/model-a"},
-                "list": [
-                    {"id": "main", "default": True},
-                    {"id": "beta", "name": "Beta", "model": "fake/model-b"},
-                ],
-            },
-            "models": {"providers": {"fake": provider_json(self.upstream)}},
-        }
+        endpoints = {"chatCompletions": {"enabled": True, **chat}}
+        data = self.upstream.gateway_config(models=MODELS, endpoints=endpoints, agents=AGENTS)
         config = parse_config(data, {"OPENCLAW_STATE_DIR": self.mktemp()})
         self.gateway = Gateway(config, reactor)
         self.addCleanup(lambda: self.gateway.shutdown(0))
