@@ -1,240 +1,29 @@
-"""Fakes for trial suites: a scripted model, a gateway in memory, a loopback model server."""
+"""A real model server on loopback, speaking the OpenAI and Anthropic streaming formats."""
 
 from __future__ import annotations
 
 import itertools
 import json
-import os
-import tempfile
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
-from twisted.internet.task import Clock, deferLater
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
-from .agents.store import MemorySessionStore
-from .config import ProviderApi, ProviderConfig, ProviderModel
-from .providers.interface import (
-    Finish,
-    IModelStream,
-    IProvider,
-    ModelEvent,
-    ModelRequest,
-    ProviderError,
-    StopReason,
-    TextDelta,
-    ToolCall,
-    ToolCallDelta,
-    Usage,
-)
-from .providers.sse import SSEParser
-
-if TYPE_CHECKING:
-    from treq.testing import StubTreq
-
-    from .gateway import Gateway
-
-
-@attrs.frozen
-class Script:
-    """What a L{ScriptedProvider} answers to one request."""
-
-    deltas: Sequence[str] = ("Hello", " from", " the", " script.")
-    usage: Usage = Usage(7, 4)
-    stop_reason: StopReason = "stop"
-    #: Refuse the request outright (the model never accepts it).
-    refuse: ProviderError | None = None
-    #: Break the stream with this error after ``fail_after`` deltas.
-    fail: ProviderError | None = None
-    fail_after: int = 0
-    #: Seconds (on the injected clock) before accepting and before each delta.
-    accept_delay: float = 0.0
-    delta_delay: float = 0.0
-    #: Accept, then never send anything (for timeouts and cancellation).
-    hang: bool = False
-    #: After the deltas, the model calls these (one L{ToolCallDelta} each, in order); the
-    #: stop reason is then ``tool_calls``.
-    tool_calls: Sequence[ToolCall] = ()
-
-
-@implementer(IModelStream)
-class ScriptedStream:
-    """The stream a L{ScriptedProvider} returns; records whether it was cancelled."""
-
-    def __init__(self, script: Script, clock: IReactorTime | None) -> None:
-        self.script = script
-        self.clock = clock
-        self.cancelled = False
-        self.sent = 0
-        self._finished = False
-        self._pending: Deferred[ModelEvent | None] | None = None
-
-    def _event(self) -> ModelEvent | None:
-        s = self.script
-        if s.fail is not None and self.sent >= s.fail_after:
-            raise s.fail
-        if self.sent < len(s.deltas):
-            self.sent += 1
-            return TextDelta(s.deltas[self.sent - 1])
-        called = self.sent - len(s.deltas)
-        if called < len(s.tool_calls):
-            self.sent += 1
-            c = s.tool_calls[called]
-            return ToolCallDelta(called, c.id, c.name, c.arguments)
-        if not self._finished:
-            self._finished = True
-            return Finish("tool_calls" if s.tool_calls else s.stop_reason, s.usage)
-        return None
-
-    def next(self) -> Deferred[ModelEvent | None]:
-        if self.cancelled:
-            return succeed(None)
-        if self.script.hang:
-            self._pending = Deferred()
-            return self._pending
-        if self.script.delta_delay and self.clock is not None and not self._finished:
-            d = deferLater(self.clock, self.script.delta_delay, self._event)
-            self._pending = d
-            return d
-        try:
-            return succeed(self._event())
-        except ProviderError as e:
-            return fail(e)
-
-    def cancel(self) -> None:
-        self.cancelled = True
-        if self._pending is not None and not self._pending.called:
-            self._pending.cancel()
-
-
-@implementer(IProvider)
-class ScriptedProvider:
-    """
-    A model provider that answers from a script: deltas, usage, errors and delays.
-
-    ``requests`` records every L{ModelRequest} it received, ``streams`` every stream it
-    opened, so a test can check what the model was asked and whether it was cancelled.
-    """
-
-    def __init__(
-        self,
-        script: Script | Callable[[ModelRequest], Script] = Script(),
-        *,
-        name: str = "scripted",
-        clock: IReactorTime | None = None,
-    ) -> None:
-        self.name = name
-        self.clock = clock
-        self._script = script
-        self.requests: list[ModelRequest] = []
-        self.streams: list[ScriptedStream] = []
-
-    def open(self, request: ModelRequest) -> Deferred[IModelStream]:
-        self.requests.append(request)
-        script = self._script(request) if callable(self._script) else self._script
-        if script.refuse is not None:
-            return fail(script.refuse)
-        stream = ScriptedStream(script, self.clock)
-        self.streams.append(stream)
-        if script.accept_delay and self.clock is not None:
-            return deferLater(self.clock, script.accept_delay, lambda: stream)
-        return succeed(stream)
-
-
-def parse_sse(body: bytes) -> list[Any]:
-    """
-    The events of an SSE body, as a client parses them (comments such as ``: ping`` and
-    ``event:``/``id:`` fields ignored): each event's ``data`` decoded as JSON, or the raw
-    string when it is not JSON (``"[DONE]"``).  A trailing event without its blank line is
-    incomplete and left out, as a client would.
-    """
-    # The gateway's own incremental parser, with caps no test body can reach.
-    cap = len(body) + 1
-    events: list[Any] = []
-    for event in SSEParser(max_line=cap, max_event=cap).feed(body):
-        try:
-            events.append(json.loads(event.data))
-        except ValueError:
-            events.append(event.data)
-    return events
-
-
-# ---------------------------------------------------------------------------------------
-# A real model server on loopback, speaking the OpenAI and Anthropic streaming formats.
+from ..config import ProviderApi, ProviderConfig, ProviderModel
+from ..providers.interface import StopReason, Usage
+from ._memory import MEMORY_TOKEN
 
 #: What a garbage upstream sends: not an event stream a model would write.
 GARBAGE: tuple[bytes, ...] = (
     b"<html><body>502 Bad Gateway</body></html>\n",
     b"data: {this is not json\n\n",
 )
-
-
-#: The token of the gateway L{memory_gateway} builds by default.
-MEMORY_TOKEN = "test-token"
-
-
-@attrs.frozen
-class MemoryGateway:
-    """A gateway in memory (L{memory_gateway}): no port, no disk, its time on ``clock``."""
-
-    clock: Clock
-    gateway: Gateway
-    #: treq's API against ``gateway.resource()``; call ``http.flush()`` after a request.
-    http: StubTreq
-    store: MemorySessionStore
-    #: The token (or password) a client presents; ``None`` with ``auth.mode: none``.
-    token: str | None = MEMORY_TOKEN
-
-    @property
-    def headers(self) -> dict[str, str]:
-        """The ``Authorization`` header a client of this gateway sends."""
-        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
-
-
-def memory_gateway(
-    config: Mapping[str, Any] | None = None,
-    *,
-    providers: Iterable[IProvider] = (),
-    state_dir: str | None = None,
-) -> MemoryGateway:
-    """
-    A whole gateway for a synchronous test: HTTP requests go through treq's ``StubTreq``
-    to ``gateway.resource()`` (``http://127.0.0.1/...``), sessions stay in memory, timers
-    run on a ``Clock``.  ``config`` is an ``openclaw.json`` document (default: chat
-    completions on); token auth uses L{MEMORY_TOKEN} unless the config names another
-    credential.  ``providers`` replace the configured ones (name their models in
-    ``config``, e.g. ``agents.defaults.model: "scripted/m"``; the built-in echo model
-    answers otherwise).  Nothing is read from ``~/.openclaw``: the state dir (workspace
-    files) is ``state_dir``, by default one that does not exist.
-    """
-    from treq.testing import StubTreq
-
-    from .config import parse_config
-    from .gateway import Gateway
-    from .providers.registry import Providers
-
-    if config is None:
-        config = {"gateway": {"http": {"endpoints": {"chatCompletions": {"enabled": True}}}}}
-    if state_dir is None:
-        state_dir = os.path.join(tempfile.gettempdir(), f"openclaw-memory-{uuid.uuid4().hex}")
-    # A config that names no token gets the test token (as from OPENCLAW_GATEWAY_TOKEN).
-    environ = {"OPENCLAW_STATE_DIR": state_dir, "OPENCLAW_GATEWAY_TOKEN": MEMORY_TOKEN}
-    parsed = parse_config(config, environ)
-    clock = Clock()
-    store = MemorySessionStore()
-    offered = tuple(providers)
-    gateway = Gateway(
-        parsed, clock, providers=Providers.of(offered) if offered else None, store=store
-    )
-    http = StubTreq(gateway.resource())
-    return MemoryGateway(clock, gateway, http, store, parsed.gateway.auth.secret)
 
 
 @attrs.frozen
