@@ -11,6 +11,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 from twisted.web.client import ResponseFailed
 
+from openclaw_twisted import parse_config
 from openclaw_twisted.testing import FakeUpstream, Reply
 from tests.support import http_client
 
@@ -146,3 +147,19 @@ class FakeUpstreamTests(TestCase):
             clock.advance(0)
         got = events(await body)
         self.assertEqual(got[1][1]["choices"][0]["delta"], {"content": "z"})
+
+    async def test_gateway_config(self) -> None:
+        """The document parses to this server as a provider, every agent on its first model."""
+        server = await self.server()
+        for api in ("openai-completions", "anthropic-messages"):
+            data = server.gateway_config(api, ["m", "spare"])  # type: ignore[arg-type]
+            config = parse_config(data, {"OPENCLAW_STATE_DIR": self.mktemp()})
+            expected = server.provider("fake", api, ["m", "spare"])  # type: ignore[arg-type]
+            self.assertEqual(config.provider("fake"), expected)
+            self.assertEqual(config.gateway.auth.secret, "test-token")
+            self.assertTrue(config.chat_completions.enabled)
+            self.assertEqual(data["agents"], {"defaults": {"model": "fake/m"}})
+        # A test adds what it needs to a fresh mapping; the next call is unchanged.
+        server.gateway_config()["gateway"]["http"]["endpoints"]["responses"] = {"enabled": True}
+        self.assertNotIn("responses", server.gateway_config()["gateway"]["http"]["endpoints"])
+        self.assertNotIn("apiKey", server.provider_config(api_key=None))
