@@ -612,6 +612,7 @@ class FakeUpstream:
         *,
         name: str = "fake",
         token: str = MEMORY_TOKEN,
+        api_key: str | None = "sk-test-key",
         endpoints: Mapping[str, Any] | None = None,
         agents: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
@@ -619,7 +620,8 @@ class FakeUpstream:
         A whole ``openclaw.json`` document for a gateway in front of this server: token auth
         with ``token``, the HTTP ``endpoints`` (default: chat completions on), ``agents``
         (default: every agent on ``<name>/<first model>``) and this server as provider
-        ``name`` serving ``models``.  A fresh mapping: add to it what a test needs.
+        ``name`` serving ``models`` with ``api_key``.  A fresh mapping: add to it what a test
+        needs (``data["gateway"]["limits"] = ...``).
         """
         if endpoints is None:
             endpoints = {"chatCompletions": {"enabled": True}}
@@ -631,7 +633,7 @@ class FakeUpstream:
                 "http": {"endpoints": endpoints},
             },
             "agents": agents,
-            "models": {"providers": {name: self.provider_config(name, api, models)}},
+            "models": {"providers": {name: self.provider_config(name, api, models, api_key)}},
         }
 
     @property

@@ -205,25 +205,8 @@ class NoSecretsTests(TestCase):
         self.addCleanup(upstream.stop)
         key = "sk-live-do-not-log-0123456789"
         upstream.script(Reply(status=401, error_message=f"Incorrect API key provided: {key}"))
-        p = upstream.provider("fake", "openai-completions", models=["m"], api_key=key)
         token = "gateway-token-do-not-log"
-        data = {
-            "gateway": {
-                "auth": {"mode": "token", "token": token},
-                "http": {"endpoints": {"chatCompletions": {"enabled": True}}},
-            },
-            "agents": {"defaults": {"model": "fake/m"}},
-            "models": {
-                "providers": {
-                    "fake": {
-                        "baseUrl": p.base_url,
-                        "apiKey": key,
-                        "api": p.api,
-                        "models": [{"id": "m"}],
-                    }
-                }
-            },
-        }
+        data = upstream.gateway_config(token=token, api_key=key)
         gateway = Gateway(parse_config(data, {"OPENCLAW_STATE_DIR": self.mktemp()}), reactor)
         self.addCleanup(lambda: gateway.shutdown(0))
         events: list[dict[str, Any]] = []

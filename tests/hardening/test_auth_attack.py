@@ -97,31 +97,9 @@ class NoSecretsTests(TestCase):
             Reply(status=500, error_message=f"internal error ({SECRET_KEY})"),
             Reply(deltas=("a",), stream_error=f"overloaded, key {SECRET_KEY}"),
         )
-        p = upstream.provider("fake", "openai-completions", models=["m"])
-        config = parse_config(
-            {
-                "gateway": {
-                    "auth": {
-                        "mode": "token",
-                        "token": SECRET_TOKEN,
-                        "rateLimit": {"exemptLoopback": False},
-                    },
-                    "http": {"endpoints": {"chatCompletions": {"enabled": True}}},
-                },
-                "agents": {"defaults": {"model": "fake/m"}},
-                "models": {
-                    "providers": {
-                        "fake": {
-                            "baseUrl": p.base_url,
-                            "apiKey": SECRET_KEY,
-                            "api": "openai-completions",
-                            "models": [{"id": "m"}],
-                        }
-                    }
-                },
-            },
-            {"OPENCLAW_STATE_DIR": self.mktemp()},
-        )
+        data = upstream.gateway_config(token=SECRET_TOKEN, api_key=SECRET_KEY)
+        data["gateway"]["auth"]["rateLimit"] = {"exemptLoopback": False}
+        config = parse_config(data, {"OPENCLAW_STATE_DIR": self.mktemp()})
         logs = LogCapture().install(self)
         gateway = Gateway(config, reactor)
         self.addCleanup(lambda: Deferred.fromCoroutine(gateway.shutdown(0)))

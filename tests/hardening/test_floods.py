@@ -140,20 +140,8 @@ class UpstreamCapTests(TestCase):
         self.upstream = await FakeUpstream.start(reactor, self.clock)
         self.addCleanup(self.upstream.stop)
         self.upstream.default = Reply(accept_delay=1.0)
-        p = self.upstream.provider("fake", "openai-completions", models=["m"])
-        data = {
-            "gateway": {
-                "auth": {"token": TOKEN},
-                "limits": limits,
-                "http": {"endpoints": {"chatCompletions": {"enabled": True}}},
-            },
-            "agents": {"defaults": {"model": "fake/m"}},
-            "models": {
-                "providers": {
-                    "fake": {"baseUrl": p.base_url, "api": p.api, "models": [{"id": "m"}]}
-                }
-            },
-        }
+        data = self.upstream.gateway_config(token=TOKEN, api_key=None)
+        data["gateway"]["limits"] = limits
         config = parse_config(data, {"OPENCLAW_STATE_DIR": self.mktemp()})
         self.gateway = Gateway(config, reactor)
         self.addCleanup(lambda: self.gateway.shutdown(0))

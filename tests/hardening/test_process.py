@@ -44,24 +44,7 @@ class ProcessBase(TestCase):
     def state_dir(self, server: FakeUpstream) -> str:
         state = os.path.abspath(self.mktemp())
         os.makedirs(state)
-        p = server.provider("fake", "openai-completions", models=["m"])
-        config = {
-            "gateway": {
-                "auth": {"mode": "token", "token": TOKEN},
-                "http": {"endpoints": {"chatCompletions": {"enabled": True}}},
-            },
-            "agents": {"defaults": {"model": "fake/m"}},
-            "models": {
-                "providers": {
-                    "fake": {
-                        "baseUrl": p.base_url,
-                        "apiKey": p.api_key,
-                        "api": "openai-completions",
-                        "models": [{"id": "m"}],
-                    }
-                }
-            },
-        }
+        config = server.gateway_config(token=TOKEN)
         with open(os.path.join(state, "openclaw.json"), "w") as f:
             json.dump(config, f)
         return state
