@@ -315,10 +315,17 @@ class Gateway:
         return site
 
     def service(
-        self, endpoint: IStreamServerEndpoint, grace: float = DEFAULT_GRACE_SECONDS
+        self,
+        endpoint: IStreamServerEndpoint,
+        grace: float = DEFAULT_GRACE_SECONDS,
+        *,
+        announce: bool = True,
     ) -> GatewayService:
-        """A service that listens on ``endpoint`` and stops gracefully."""
-        return GatewayService(self, endpoint, grace)
+        """
+        A service that listens on ``endpoint`` and stops gracefully; ``announce=False`` (a
+        worker of ``--workers``) leaves the "listening on" lines to the supervisor.
+        """
+        return GatewayService(self, endpoint, grace, announce=announce)
 
     async def shutdown(self, grace: float = DEFAULT_GRACE_SECONDS) -> None:
         """Not ready any more; give runs ``grace`` seconds, cancel the rest, tell WS clients."""
@@ -468,9 +475,17 @@ class GatewayService(MultiService):
     ``listening`` when it fails later.
     """
 
-    def __init__(self, gateway: Gateway, endpoint: IStreamServerEndpoint, grace: float) -> None:
+    def __init__(
+        self,
+        gateway: Gateway,
+        endpoint: IStreamServerEndpoint,
+        grace: float,
+        *,
+        announce: bool = True,
+    ) -> None:
         super().__init__()
         self.gateway = gateway
+        self.announce = announce
         self.endpoint = endpoint
         self.grace = grace
         self.port: IListeningPort | None = None
@@ -491,24 +506,9 @@ class GatewayService(MultiService):
             raise self._start_error
 
     def _listening(self, port: IListeningPort) -> IListeningPort:
-        address = port.getHost()
-        host = getattr(address, "host", None)
-        if self.gateway.config.gateway.auth.mode == "none" and not _is_local(address):
-            port.stopListening()
-            raise UnsafeBind(
-                f"gateway.auth.mode: 'none' is refused when listening on {host} (not "
-                "loopback); set a token or password, or bind loopback"
-            )
+        if self.announce:
+            announce(self.gateway, port)
         self.port = port
-        log.info(
-            "openclaw gateway listening on http://{host}:{port}",
-            host=_url_host(host) if host is not None else "?",
-            port=getattr(address, "port", "?"),
-        )
-        for line in self.gateway.describe():
-            log.info("{line}", line=line)
-        for line in self.gateway.warnings():
-            log.warn("{line}", line=line)
         self.listening.callback(port)
         return port
 
@@ -519,6 +519,30 @@ class GatewayService(MultiService):
             self._start_error = error
         else:
             self.listening.errback(Failure(error))
+
+
+def announce(gateway: Gateway, port: IListeningPort) -> None:
+    """
+    Refuse auth ``none`` off loopback (L{UnsafeBind}, the port closed), else log the
+    "listening on" line with the real address and what the gateway serves.
+    """
+    address = port.getHost()
+    host = getattr(address, "host", None)
+    if gateway.config.gateway.auth.mode == "none" and not _is_local(address):
+        port.stopListening()
+        raise UnsafeBind(
+            f"gateway.auth.mode: 'none' is refused when listening on {host} (not "
+            "loopback); set a token or password, or bind loopback"
+        )
+    log.info(
+        "openclaw gateway listening on http://{host}:{port}",
+        host=_url_host(host) if host is not None else "?",
+        port=getattr(address, "port", "?"),
+    )
+    for line in gateway.describe():
+        log.info("{line}", line=line)
+    for line in gateway.warnings():
+        log.warn("{line}", line=line)
 
 
 def _is_local(address: object) -> bool:

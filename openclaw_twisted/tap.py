@@ -43,7 +43,7 @@ class Options(usage.Options):
 
     synopsis = (
         "[--config PATH] [--port N|ENDPOINT] [--bind loopback|lan|HOST] [--token T] "
-        "[--log-format text|json]"
+        "[--log-format text|json] [--workers N]"
     )
     optParameters = [
         [
@@ -75,6 +75,12 @@ class Options(usage.Options):
             "text",
             "text (for people) or json (one JSON object a line, for log shippers).",
         ],
+        [
+            "workers",
+            "w",
+            "1",
+            "Gateway processes sharing the port (default 1: this process serves alone).",
+        ],
     ]
 
     #: The config with the command line applied, and the endpoint string (set by parsing).
@@ -85,7 +91,18 @@ class Options(usage.Options):
             raise usage.UsageError(
                 f"--log-format: expected text or json, got {self['log-format']!r}"
             )
+        self["workers"] = _workers(self["workers"])
         self.resolved = _resolve_or_usage(self)
+        if self["workers"] > 1:
+            from twisted.internet import reactor
+
+            from .workers import shareable
+
+            if not shareable(serverFromString(reactor, self.resolved[1])):
+                raise usage.UsageError(
+                    "--workers: the workers can share a tcp: or unix: endpoint only "
+                    f"(not {self['port']!r}); put TLS in front of them"
+                )
         parent = getattr(self, "parent", None)
         if self["log-format"] == "json" and parent is not None and "logger" in parent:
             # Under twistd, its --logger (the name of a log observer factory) is the hook;
@@ -93,6 +110,23 @@ class Options(usage.Options):
             global _twistd_log_file
             _twistd_log_file = parent.get("logfile") or ("-" if parent.get("nodaemon") else "")
             parent["logger"] = f"{__name__}.twistd_json_observer"
+
+
+#: The most ``--workers`` accepted (a process each: more than the machine has cores helps
+#: no one, and this catches a typo before it starts hundreds of processes).
+MAX_WORKERS = 64
+
+
+def _workers(value: Any) -> int:
+    try:
+        n = int(str(value).strip())
+    except ValueError:
+        n = 0
+    if not 1 <= n <= MAX_WORKERS:
+        raise usage.UsageError(
+            f"--workers: expected a number of processes 1..{MAX_WORKERS}, got {value!r}"
+        )
+    return n
 
 
 def _resolve_or_usage(options: Mapping[str, Any]) -> tuple[Config, str]:
@@ -158,13 +192,43 @@ def makeService(options: Mapping[str, Any], reactor: Any = None) -> IService:
     config, endpoint = resolved
     gateway = Gateway(config, reactor)
     grace = float(options.get("grace") or DEFAULT_GRACE_SECONDS)
+    workers = int(options.get("workers") or 1)
+    if workers > 1:
+        return Process(_supervisor(gateway, options, endpoint, workers, grace, reactor), reactor)
     return Process(gateway.service(serverFromString(reactor, endpoint), grace=grace), reactor)
+
+
+def _supervisor(
+    gateway: Gateway,
+    options: Mapping[str, Any],
+    endpoint: str,
+    workers: int,
+    grace: float,
+    reactor: Any,
+) -> IService:
+    """``--workers N``: this process listens and supervises; the workers serve."""
+    from .gateway import announce
+    from .workers import Supervisor
+
+    spec = {name: options.get(name) for name in ("config", "port", "bind", "grace", "log-format")}
+    auth = gateway.config.gateway.auth
+    if auth.mode == "token":
+        # The same token for every worker, also when it was generated just now.
+        spec["token"] = auth.token
+    return Supervisor(
+        reactor,
+        serverFromString(reactor, endpoint),
+        workers,
+        spec,
+        announce=lambda port: announce(gateway, port),
+        grace=grace,
+    )
 
 
 class Process(MultiService):
     """The gateway service run as a process: a failed start ends it with one line, no hang."""
 
-    def __init__(self, service: GatewayService, reactor: Any) -> None:
+    def __init__(self, service: GatewayService | Any, reactor: Any) -> None:
         super().__init__()
         self.reactor = reactor
         self.gateway = service

@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import json
 import os
 import re
 import time
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred, DeferredList, fail, succeed
-from twisted.internet.interfaces import IReactorFromThreads, IReactorThreads
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IReactorFromThreads,
+    IReactorThreads,
+    IReactorTime,
+)
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -22,7 +29,7 @@ from zope.interface import implementer
 from .._json import dumps
 from ..config import normalize_agent_id
 from ..providers.interface import Message
-from .store import ISessionStore, message_of, messages_from
+from .store import ISessionLanes, ISessionStore, message_of, messages_from
 from .writer import WRITERS, GroupWriter, in_thread
 
 __all__ = ["INDEX", "INDEX_LOG", "INDEX_REFRESH_SECONDS", "WRITERS", "DiskSessionStore"]
@@ -34,6 +41,17 @@ INDEX = "sessions.json"
 #: (``{"key": ..., "entry": {sessionId, updatedAt, ...}}``). Not ``.jsonl``: OpenClaw and the
 #: recovery scan take ``<id>.jsonl`` for transcripts.
 INDEX_LOG = "sessions.json.log"
+#: Lock files live in ``<stateDir>/agents/<agentId>/locks/``, beside ``sessions/`` (which
+#: keeps OpenClaw's layout). The index's lock is taken (``flock``) shared to read the index or
+#: append to its log, exclusive to rewrite ``sessions.json`` and drop the log, so processes
+#: sharing the state dir lose no log line. Each session key has one more (named by a hash
+#: of the key), held for a whole turn: processes sharing the state dir (``--workers``) run
+#: one session's turns one at a time.
+LOCKS = "locks"
+INDEX_LOCK = "sessions.json.lock"
+#: A session lock another process holds is tried again after this, doubling up to the max.
+LOCK_POLL_SECONDS = 0.002
+LOCK_POLL_MAX_SECONDS = 0.05
 #: A session id from the index becomes a file name only if it looks like one (uuid4 here;
 #: OpenClaw's own ids have the same shape). Anything else in the index is never a path.
 _SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
@@ -105,6 +123,8 @@ class _Index:
     dirty: set[str] = attrs.Factory(set)
     compact: bool = False
     written_at: float = 0.0
+    #: Counts this process's rewrites: a read begun before one has stale file positions.
+    generation: int = 0
 
 
 @attrs.frozen
@@ -121,7 +141,7 @@ class _Loaded:
     messages: tuple[tuple[LogLevel, dict[str, Any]], ...] = ()
 
 
-@implementer(ISessionStore)
+@implementer(ISessionStore, ISessionLanes)
 class DiskSessionStore:
     """
     ``<stateDir>/agents/<agentId>/sessions/``: ``sessions.json`` maps each session key to
@@ -144,6 +164,11 @@ class DiskSessionStore:
     fsynced share the next write). Without one, everything runs on the caller's thread and
     every Deferred has fired on return. The cache is updated at once, so reads see an append
     before it is durable.
+
+    Several processes may share one state dir (``--workers``): ``hold`` takes a session's
+    file lock for a turn (and brings the index up to date under it), a transcript another
+    process grew is read again (its size is checked before the cache is trusted), index log
+    lines are appended whole and ``sessions.json`` is rewritten under an exclusive lock.
     """
 
     def __init__(
@@ -196,6 +221,32 @@ class DiskSessionStore:
     ) -> Deferred[None]:
         """Append ``records``; the Deferred fires once they are durable."""
         return self._index(agent_id).addCallback(self._append, session_key, records)
+
+    def hold(self, agent_id: str, session_key: str) -> Deferred[Callable[[], None]]:
+        """
+        Wait (polling on the reactor's clock; cancellable) until no other process holds the
+        session's lock file, take it, and read what other processes added to the index.
+        Fires with the function that releases it.
+        """
+        try:
+            d = self._dir(agent_id)
+        except ValueError:
+            return fail()
+        digest = hashlib.sha256(session_key.encode("utf-8", "surrogatepass")).hexdigest()
+        clock = self._reactor if IReactorTime.providedBy(self._reactor) else None
+        lock = _FileLock(os.path.join(_locks(d), digest[:32] + ".lock"), clock)
+
+        def current(_: object) -> Deferred[_Index]:
+            return self._index(agent_id, current=True)
+
+        def held(_: object) -> Callable[[], None]:
+            return lock.release
+
+        def failed(f: Failure) -> Failure:
+            lock.release()
+            return f
+
+        return lock.acquire().addCallback(current).addCallbacks(held, failed)
 
     def flush(self) -> Deferred[None]:
         """
@@ -382,10 +433,12 @@ class DiskSessionStore:
             raise ValueError(f"agent id {agent_id!r} does not name a directory under the state dir")
         return path
 
-    def _index(self, agent_id: str) -> Deferred[_Index]:
+    def _index(self, agent_id: str, *, current: bool = False) -> Deferred[_Index]:
         """
         The agent's index, current with what other processes wrote. Reading it from disk
         happens on a pool thread; calls made meanwhile wait, and go on in the order made.
+        While this process writes the index, what it holds is taken as current, unless
+        ``current`` (a session lock was just taken: another process may have written).
         """
         try:
             d = self._dir(agent_id)
@@ -403,7 +456,7 @@ class DiskSessionStore:
                 index = self._indexes[d] = _Index(d, {})
                 return succeed(index)
             return self._load(d, None)
-        if self._writer.busy(d):
+        if self._writer.busy(d) and not current:
             return succeed(index)
         if _stat(os.path.join(d, INDEX)) != index.seen:
             # Another process (the gateway, ``agent --local``, OpenClaw) rewrote it.
@@ -416,6 +469,8 @@ class DiskSessionStore:
     def _load(self, d: str, log_from: int | None) -> Deferred[_Index]:
         first: Deferred[_Index] = Deferred()
         self._loading[d] = [first]
+        before = self._indexes.get(d)
+        generation = before.generation if before is not None else 0
         read = in_thread(self._reactor, _read_index, d, log_from)
 
         def loaded(got: _Loaded) -> None:
@@ -424,7 +479,8 @@ class DiskSessionStore:
             index = self._indexes.get(d)
             if index is None:
                 index = self._indexes[d] = _Index(d, {})
-            _merge(index, got)
+            # A rewrite of ours finished meanwhile: its file positions are the newer ones.
+            _merge(index, got, positions=index.generation == generation)
             for w in self._loading.pop(d):
                 w.callback(index)
 
@@ -449,25 +505,28 @@ class DiskSessionStore:
         log lines, or, once the log is as large as ``sessions.json``, a new ``sessions.json``.
         Either way the serialising and writing happen in the job, on a pool thread.
         """
-        if index.compact or index.log_bytes >= index.snapshot_bytes:
+        known = index.log_bytes
+        if index.compact or known >= index.snapshot_bytes:
             snapshot = dict(index.entries)
+            seen = index.seen
             index.dirty.clear()
             index.compact = False
-            return lambda: _compact(index.dir, snapshot, index.log_bytes)
+            return lambda: _compact(index.dir, snapshot, seen, known)
         changes = [(key, index.entries[key]) for key in index.dirty if key in index.entries]
         index.dirty.clear()
         if not changes:
-            size = index.log_bytes
-            return lambda: size
-        return lambda: _log_append(index.dir, changes)
+            return lambda: known
+        return lambda: _log_append(index.dir, changes, known)
 
     def _index_written(self, result: Any, index: _Index) -> None:
         if isinstance(result, _Loaded):
             # Rewritten: sessions.json holds everything; lines another process logged
             # meanwhile were taken in first.
+            index.generation += 1
             _merge(index, result)
         else:
-            index.log_bytes = result
+            # Never back: a read that finished meanwhile may have gone further.
+            index.log_bytes = max(index.log_bytes, result)
 
 
 def _agent_of(index: _Index) -> str:
@@ -475,14 +534,19 @@ def _agent_of(index: _Index) -> str:
     return os.path.basename(os.path.dirname(index.dir))
 
 
-def _merge(index: _Index, got: _Loaded) -> None:
-    """Take what was read from disk; where both know a key, ours wins (it is newer)."""
+def _merge(index: _Index, got: _Loaded, *, positions: bool = True) -> None:
+    """
+    Take what was read from disk; where both know a key, ours wins (it is newer). With
+    ``positions``, also where the read got to in ``sessions.json`` and the log.
+    """
     for key, entry in got.entries.items():
         ours = index.entries.get(key)
         if ours is None:
             index.entries[key] = entry
         elif ours["sessionId"] == entry["sessionId"] and entry["updatedAt"] > ours["updatedAt"]:
             index.entries[key] = {**ours, "updatedAt": entry["updatedAt"]}
+    if not positions:
+        return
     if got.full:
         index.seen = got.seen
         index.snapshot_bytes = got.snapshot_bytes
@@ -595,32 +659,63 @@ def _append(path: str, records: list[dict[str, Any]]) -> int:
     return after
 
 
-def _log_append(d: str, changes: list[tuple[str, dict[str, Any]]]) -> int:
-    """Append index changes to the log and fsync; the log's size after."""
-    path = os.path.join(d, INDEX_LOG)
-    data = b"".join(_line({"key": key, "entry": entry}) for key, entry in changes)
-    os.makedirs(d, mode=0o700, exist_ok=True)
-    new = not os.path.exists(path)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+@contextlib.contextmanager
+def _index_locked(d: str, how: int) -> Iterator[None]:
+    """``flock`` the index's lock file (blocking: on a pool thread, for one short job)."""
+    fd = _open_lock(os.path.join(_locks(d), INDEX_LOCK))
     try:
-        _write_all(fd, data)
-        os.fsync(fd)
-        after = os.fstat(fd).st_size
+        fcntl.flock(fd, how)
+        yield
     finally:
         os.close(fd)
-    if new:
-        _fsync_dir(d)
-    return after
 
 
-def _compact(d: str, snapshot: dict[str, dict[str, Any]], log_from: int) -> _Loaded:
+def _log_append(d: str, changes: list[tuple[str, dict[str, Any]]], known: int) -> int:
     """
-    Rewrite ``sessions.json`` from ``snapshot`` (atomically) and drop the log. Lines another
-    process logged past ``log_from`` are taken in first, and returned to be merged.
+    Append index changes to the log and fsync. Returns how far the log is known to this
+    process: its size after, if these lines follow right on ``known``; else ``known`` (other
+    processes' lines came first: they are read on the next look at the index).
     """
+    path = os.path.join(d, INDEX_LOG)
+    data = b"".join(_line({"key": key, "entry": entry}) for key, entry in changes)
+    with _index_locked(d, fcntl.LOCK_SH):
+        new = not os.path.exists(path)
+        # O_APPEND: every process's lines land whole at the end, never over each other.
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+            after = os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+        if new:
+            _fsync_dir(d)
+    return after if after - len(data) == known else known
+
+
+def _compact(
+    d: str, snapshot: dict[str, dict[str, Any]], seen: tuple[int, int] | None, log_from: int
+) -> _Loaded:
+    """
+    Rewrite ``sessions.json`` from ``snapshot`` (atomically) and drop the log, holding the
+    index lock exclusively. What other processes wrote is taken in first (the log past
+    ``log_from``; all of ``sessions.json`` too if it is not the one this process last saw),
+    and returned to be merged.
+    """
+    with _index_locked(d, fcntl.LOCK_EX):
+        return _compact_locked(d, snapshot, seen, log_from)
+
+
+def _compact_locked(
+    d: str, snapshot: dict[str, dict[str, Any]], seen: tuple[int, int] | None, log_from: int
+) -> _Loaded:
     os.makedirs(d, mode=0o700, exist_ok=True)
     log_path = os.path.join(d, INDEX_LOG)
+    path = os.path.join(d, INDEX)
     theirs: dict[str, dict[str, Any]] = {}
+    if _stat(path) != seen:
+        # Another process rewrote it (and dropped the log this process read part of).
+        theirs, log_from = _snapshot_entries(path), 0
     try:
         with open(log_path, "rb") as f:
             f.seek(log_from)
@@ -629,7 +724,11 @@ def _compact(d: str, snapshot: dict[str, dict[str, Any]], log_from: int) -> _Loa
         pass
     entries = dict(snapshot)
     for key, entry in theirs.items():
-        entries.setdefault(key, entry)
+        ours = entries.get(key)
+        if ours is None:
+            entries[key] = entry
+        elif ours["sessionId"] == entry["sessionId"] and entry["updatedAt"] > ours["updatedAt"]:
+            entries[key] = {**ours, "updatedAt": entry["updatedAt"]}
     # One entry a line, serialised one at a time: a pool thread holds the GIL for the whole of
     # one json.dumps call, so a single call over 20,000 entries would stall the reactor anyway.
     data = (
@@ -637,7 +736,6 @@ def _compact(d: str, snapshot: dict[str, dict[str, Any]], log_from: int) -> _Loa
         if entries
         else b"{}\n"
     )
-    path = os.path.join(d, INDEX)
     tmp = f"{path}.{os.getpid()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
@@ -689,12 +787,30 @@ def _good_entry(entry: Any) -> bool:
     return True
 
 
+def _snapshot_entries(path: str) -> dict[str, dict[str, Any]]:
+    """The good entries of a ``sessions.json`` (none if it is missing or unreadable)."""
+    try:
+        with open(path, "rb") as f:
+            loaded = json.loads(f.read())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(loaded, dict):
+        return {}
+    return {key: entry for key, entry in loaded.items() if _good_entry(entry)}
+
+
 def _read_index(d: str, log_from: int | None) -> _Loaded:
     """
     Read ``sessions.json`` and replay its log (or, given ``log_from``, only the log past it).
     If the index is missing or unreadable while transcripts exist, rebuild it from their
     headers (a corrupt file is kept aside as ``sessions.json.corrupt-<ms>``).
     """
+    # Shared with other readers and appenders; never halfway through another's rewrite.
+    with _index_locked(d, fcntl.LOCK_SH):
+        return _read_index_locked(d, log_from)
+
+
+def _read_index_locked(d: str, log_from: int | None) -> _Loaded:
     messages: list[tuple[Any, dict[str, Any]]] = []
     log_path = os.path.join(d, INDEX_LOG)
     entries: dict[str, dict[str, Any]] = {}
@@ -706,7 +822,8 @@ def _read_index(d: str, log_from: int | None) -> _Loaded:
         except FileNotFoundError:
             data = b""
         _replay(data, entries)
-        return _Loaded(entries, None, 0, log_from + len(data), full=False)
+        # Up to the last whole line: a line being written now is read complete next time.
+        return _Loaded(entries, None, 0, log_from + data.rfind(b"\n") + 1, full=False)
     path = os.path.join(d, INDEX)
     seen = None
     compact = False
@@ -856,3 +973,73 @@ def _fsync_dir(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class _FileLock:
+    """
+    An exclusive ``flock`` on a file, taken without blocking the reactor: tried at once, then
+    again on the clock (``LOCK_POLL_SECONDS`` doubling to ``LOCK_POLL_MAX_SECONDS``) while
+    another process holds it. The Deferred of ``acquire`` can be cancelled. Without a clock
+    (no reactor: everything on the caller's thread) it blocks until it has the lock.
+    """
+
+    def __init__(self, path: str, clock: Any) -> None:
+        self.path = path
+        self._clock = clock
+        self._fd: int | None = None
+        self._call: IDelayedCall | None = None
+        self._waiting: Deferred[None] | None = None
+
+    def acquire(self) -> Deferred[None]:
+        try:
+            self._fd = _open_lock(self.path)
+            if self._clock is None:
+                fcntl.flock(self._fd, fcntl.LOCK_EX)
+                return succeed(None)
+        except OSError:
+            self.release()
+            return fail()
+        waiting = self._waiting = Deferred(lambda _: self.release())
+        self._try(LOCK_POLL_SECONDS)
+        return waiting
+
+    def _try(self, wait: float) -> None:
+        self._call = None
+        waiting = self._waiting
+        if waiting is None or self._fd is None:
+            return
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            later = min(wait * 2, LOCK_POLL_MAX_SECONDS)
+            self._call = self._clock.callLater(wait, self._try, later)
+            return
+        except OSError:
+            self._waiting = None
+            self.release()
+            waiting.errback(Failure())
+            return
+        self._waiting = None
+        waiting.callback(None)
+
+    def release(self) -> None:
+        """Let go of the lock (or stop waiting for it); safe to call more than once."""
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)  # closing the only descriptor unlocks it
+
+
+def _locks(sessions_dir: str) -> str:
+    """``<agent>/locks`` for ``<agent>/sessions``."""
+    return os.path.join(os.path.dirname(sessions_dir), LOCKS)
+
+
+def _open_lock(path: str) -> int:
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o600)

@@ -224,6 +224,8 @@ class PathSafetyTests(SynchronousTestCase):
                 [
                     os.path.join("agents", "main", "sessions", "sessions.json"),
                     os.path.join("agents", "main", "sessions", sid + ".jsonl"),
+                    # Beside sessions/, for processes sharing the state dir (--workers).
+                    os.path.join("agents", "main", "locks", "sessions.json.lock"),
                 ]
             ),
         )

@@ -1,0 +1,322 @@
+"""``--workers N``: one listening socket, N gateway processes accepting on it, supervised."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable, Mapping
+from typing import IO, Any
+
+import attrs
+from twisted.application.service import Service
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, UNIXServerEndpoint
+from twisted.internet.error import ProcessDone
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IListeningPort,
+    IProtocolFactory,
+    IStreamServerEndpoint,
+)
+from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
+from twisted.logger import ILogObserver, LogEvent, Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from ._exit import Exit
+
+log = Logger()
+
+#: The fd a worker finds the listening socket on (after stdin, stdout, stderr).
+WORKER_FD = 3
+#: A worker that dies sooner than this after it started is restarted after a growing delay
+#: (``RESTART_DELAY`` doubling up to ``RESTART_DELAY_MAX``); one that lived longer, at once.
+STABLE_SECONDS = 10.0
+RESTART_DELAY = 0.5
+RESTART_DELAY_MAX = 30.0
+#: On stop, workers get their grace period and the drain, then this long, before SIGKILL.
+KILL_AFTER_SECONDS = 5.0
+
+FAMILIES = {IPv4Address: socket.AF_INET, IPv6Address: socket.AF_INET6, UNIXAddress: socket.AF_UNIX}
+#: The endpoints whose listening socket a worker can take over as it is (no TLS wrapper).
+SHAREABLE = (TCP4ServerEndpoint, TCP6ServerEndpoint, UNIXServerEndpoint)
+
+
+def shareable(endpoint: IStreamServerEndpoint) -> bool:
+    """Whether workers can accept on this endpoint's socket (TCP or UNIX, not TLS)."""
+    return isinstance(endpoint, SHAREABLE)
+
+
+@implementer(IStreamServerEndpoint)
+@attrs.frozen
+class InheritedSocket:
+    """A listening socket this process inherited: ``listen`` adopts it (a worker's port)."""
+
+    reactor: Any
+    fd: int
+    family: int
+
+    def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:
+        try:
+            port = self.reactor.adoptStreamPort(self.fd, self.family, protocolFactory)
+        except Exception:
+            return fail()
+        # The reactor holds its own duplicate: this one would only keep the socket open.
+        os.close(self.fd)
+        return succeed(port)
+
+
+class _Unused(Protocol):
+    def connectionMade(self) -> None:  # pragma: no cover - the parent never accepts
+        assert self.transport is not None
+        self.transport.loseConnection()
+
+
+class _Worker(ProcessProtocol):
+    """One worker process as the supervisor sees it: its spec on stdin, its end."""
+
+    def __init__(self, supervisor: Supervisor, index: int, spec: bytes) -> None:
+        self.supervisor = supervisor
+        self.index = index
+        self.spec = spec
+        self.pid: int | None = None
+        self.started_at = supervisor.reactor.seconds()
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.pid = self.transport.pid
+        # The options go on stdin, not argv or the environment: they may hold the token.
+        self.transport.write(self.spec)
+        self.transport.closeStdin()
+
+    def processEnded(self, reason: Failure) -> None:
+        self.supervisor._ended(self, reason)
+
+
+class Supervisor(Service):
+    """
+    Listens once (so a taken port fails the start here, and the port, even port 0, is known
+    before any worker runs), then runs ``workers`` processes that accept on that one socket.
+    A worker that dies is restarted (a crash loop backs off); ``stopService`` closes the
+    socket, sends every worker SIGTERM (each drains as a single gateway does) and fires
+    once they have all exited.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        endpoint: IStreamServerEndpoint,
+        workers: int,
+        spec: Mapping[str, Any],
+        *,
+        announce: Callable[[IListeningPort], None] = lambda port: None,
+        argv: list[str] | None = None,
+        grace: float = 10.0,
+    ) -> None:
+        self.reactor = reactor
+        self.endpoint = endpoint
+        self.workers = workers
+        self.spec = dict(spec)
+        self.announce = announce
+        self.argv = argv or [sys.executable, "-m", "openclaw_twisted.workers"]
+        self.grace = grace
+        self.port: IListeningPort | None = None
+        self.listening: Deferred[IListeningPort] = Deferred()
+        self.running_workers: dict[int, _Worker] = {}
+        #: Seconds to wait before the next restart of each worker index.
+        self._delay: dict[int, float] = {}
+        self._restarts: dict[int, IDelayedCall] = {}
+        self._stopping = False
+        self._gone: Deferred[None] | None = None
+        self._kill: IDelayedCall | None = None
+
+    def privilegedStartService(self) -> None:
+        from .gateway import CannotListen, StartError, _why
+
+        super().privilegedStartService()
+        factory = Factory.forProtocol(_Unused)
+        factory.noisy = False
+        failures: list[Failure] = []
+        self.endpoint.listen(factory).addCallbacks(self._listened, failures.append)
+        if failures:
+            # TCP and UNIX endpoints listen (or fail) at once.
+            error = failures[0].value
+            raise error if isinstance(error, StartError) else CannotListen(_why(error))
+
+    def _listened(self, port: IListeningPort) -> None:
+        # Only the workers accept: the parent keeps the socket for the ones it restarts.
+        port.stopReading()  # type: ignore[attr-defined]
+        self.port = port
+        self.announce(port)
+        self.listening.callback(port)
+
+    def startService(self) -> None:
+        super().startService()
+        log.info("openclaw gateway: starting {n} workers", n=self.workers)
+        for index in range(1, self.workers + 1):
+            self._spawn(index)
+
+    def _spawn(self, index: int) -> None:
+        self._restarts.pop(index, None)
+        if self._stopping or self.port is None:
+            return
+        fd = self.port.fileno()  # type: ignore[attr-defined]
+        family = FAMILIES.get(type(self.port.getHost()), socket.AF_INET)
+        spec = json.dumps({**self.spec, "index": index, "family": int(family)}).encode()
+        worker = _Worker(self, index, spec)
+        self.reactor.spawnProcess(
+            worker,
+            self.argv[0],
+            self.argv,
+            env=dict(os.environ),
+            childFDs={0: "w", 1: 1, 2: 2, WORKER_FD: fd},
+        )
+        self.running_workers[index] = worker
+        log.info("worker {index} started (pid {pid})", index=index, pid=worker.pid)
+
+    def _ended(self, worker: _Worker, reason: Failure) -> None:
+        if self.running_workers.get(worker.index) is worker:
+            del self.running_workers[worker.index]
+        how = _how(reason)
+        if self._stopping:
+            log.info("worker {index} (pid {pid}) {how}", how=how, **_who(worker))
+            if not self.running_workers and self._gone is not None:
+                if self._kill is not None and self._kill.active():
+                    self._kill.cancel()
+                self._gone.callback(None)
+            return
+        lived = self.reactor.seconds() - worker.started_at
+        delay = 0.0 if lived >= STABLE_SECONDS else self._delay.get(worker.index, RESTART_DELAY)
+        self._delay[worker.index] = (
+            RESTART_DELAY if lived >= STABLE_SECONDS else min(delay * 2, RESTART_DELAY_MAX)
+        )
+        log.warn(
+            "worker {index} (pid {pid}) {how}; restarting it in {delay:g}s",
+            index=worker.index,
+            pid=worker.pid,
+            how=how,
+            delay=delay,
+        )
+        self._restarts[worker.index] = self.reactor.callLater(delay, self._spawn, worker.index)
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        self._stopping = True
+        for call in self._restarts.values():
+            call.cancel()
+        self._restarts.clear()
+        if self.port is not None:
+            # New connections are refused from now on, as when one gateway stops.
+            self.port.stopListening()
+        if not self.running_workers:
+            return succeed(None)
+        log.info("openclaw gateway stopping {n} workers", n=len(self.running_workers))
+        self._gone = Deferred()
+        for worker in self.running_workers.values():
+            _signal(worker, "TERM")
+        self._kill = self.reactor.callLater(self.grace + KILL_AFTER_SECONDS + 5.0, self._kill_all)
+        return self._gone
+
+    def _kill_all(self) -> None:
+        for worker in self.running_workers.values():
+            log.warn("worker {index} (pid {pid}) did not stop: killing it", **_who(worker))
+            _signal(worker, "KILL")
+
+
+def _who(worker: _Worker) -> dict[str, Any]:
+    return {"index": worker.index, "pid": worker.pid}
+
+
+def _signal(worker: _Worker, name: str) -> None:
+    transport = worker.transport
+    if transport is None:
+        return
+    with contextlib.suppress(Exception):  # it has exited meanwhile
+        transport.signalProcess(name)
+
+
+def _how(reason: Failure) -> str:
+    """``exited (status 0)``, ``was killed by SIGKILL``: how a worker ended, for the log."""
+    value = reason.value
+    if isinstance(value, ProcessDone):
+        return "exited"
+    sig = getattr(value, "signal", None)
+    if sig:
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = f"signal {sig}"
+        return f"was killed by {name}"
+    return f"exited with status {getattr(value, 'exitCode', '?')}"
+
+
+# -- the worker process -------------------------------------------------------------------
+
+
+@implementer(ILogObserver)
+@attrs.frozen
+class WorkerLog:
+    """A worker's log events, marked with its index (a field, and in the text's system)."""
+
+    observer: ILogObserver
+    index: int
+
+    def __call__(self, event: LogEvent) -> None:
+        extra: dict[str, Any] = {"worker": self.index}
+        if event.get("log_system") is None:
+            level = event.get("log_level")
+            namespace = event.get("log_namespace", "-")
+            extra["log_system"] = f"{namespace}#{getattr(level, 'name', '-')} worker {self.index}"
+        self.observer({**event, **extra})
+
+
+def worker_main(stdin: IO[bytes], stdout: IO[str], environ: Mapping[str, str]) -> int:
+    """A worker: the options from the supervisor on stdin, the socket on fd ``WORKER_FD``."""
+    from twisted.internet import reactor
+    from twisted.logger import globalLogBeginner
+
+    from . import tap
+    from .config import ConfigError
+
+    spec = json.loads(stdin.read())
+    index = int(spec.pop("index"))
+    family = int(spec.pop("family"))
+    # Ctrl-C reaches the whole process group: the supervisor forwards it as SIGTERM, once.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    observer = WorkerLog(tap.log_observer(spec.get("log-format") or "text", stdout), index)
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+    try:
+        config, _ = tap.resolve(spec, environ)
+    except ConfigError as e:
+        log.critical("openclaw gateway: config error: {error}", error=str(e))
+        return Exit.USAGE
+    from .gateway import Gateway
+
+    grace = float(spec.get("grace") or 10.0)
+    gateway = Gateway(config, reactor)
+    service = tap.Process(
+        gateway.service(InheritedSocket(reactor, WORKER_FD, family), grace=grace, announce=False),
+        reactor,
+    )
+    try:
+        service.privilegedStartService()
+    except SystemExit as e:
+        return int(e.code or 0)
+    service.startService()
+    # A stop signalled to the whole process group (systemd, ``kill -- -PGID``) arrives
+    # twice, from there and from the supervisor: the second must not cut the drain short.
+    reactor.addSystemEventTrigger(
+        "before", "shutdown", signal.signal, signal.SIGTERM, signal.SIG_IGN
+    )
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    reactor.run()
+    return int(service.exit_code)
+
+
+if __name__ == "__main__":
+    raise SystemExit(worker_main(sys.stdin.buffer, sys.stdout, os.environ))
