@@ -521,19 +521,26 @@ class GatewayService(MultiService):
             self.listening.errback(Failure(error))
 
 
+def refuse_unsafe(gateway: Gateway, port: IListeningPort) -> None:
+    """Auth ``none`` off loopback: L{UnsafeBind}, the port closed."""
+    address = port.getHost()
+    if gateway.config.gateway.auth.mode == "none" and not _is_local(address):
+        port.stopListening()
+        raise UnsafeBind(
+            f"gateway.auth.mode: 'none' is refused when listening on "
+            f"{getattr(address, 'host', None)} (not loopback); set a token or password, "
+            "or bind loopback"
+        )
+
+
 def announce(gateway: Gateway, port: IListeningPort) -> None:
     """
     Refuse auth ``none`` off loopback (L{UnsafeBind}, the port closed), else log the
     "listening on" line with the real address and what the gateway serves.
     """
+    refuse_unsafe(gateway, port)
     address = port.getHost()
     host = getattr(address, "host", None)
-    if gateway.config.gateway.auth.mode == "none" and not _is_local(address):
-        port.stopListening()
-        raise UnsafeBind(
-            f"gateway.auth.mode: 'none' is refused when listening on {host} (not "
-            "loopback); set a token or password, or bind loopback"
-        )
     log.info(
         "openclaw gateway listening on http://{host}:{port}",
         host=_url_host(host) if host is not None else "?",

@@ -100,8 +100,8 @@ class Options(usage.Options):
 
             if not shareable(serverFromString(reactor, self.resolved[1])):
                 raise usage.UsageError(
-                    "--workers: the workers can share a tcp: or unix: endpoint only "
-                    f"(not {self['port']!r}); put TLS in front of them"
+                    "--workers: the workers can share a TCP port only "
+                    f"(not {self['port']!r}); put TLS or a UNIX socket in front of them"
                 )
         parent = getattr(self, "parent", None)
         if self["log-format"] == "json" and parent is not None and "logger" in parent:
@@ -207,7 +207,7 @@ def _supervisor(
     reactor: Any,
 ) -> IService:
     """``--workers N``: this process listens and supervises; the workers serve."""
-    from .gateway import announce
+    from .gateway import announce, refuse_unsafe
     from .workers import Supervisor
 
     spec = {name: options.get(name) for name in ("config", "port", "bind", "grace", "log-format")}
@@ -220,6 +220,7 @@ def _supervisor(
         serverFromString(reactor, endpoint),
         workers,
         spec,
+        check=lambda port: refuse_unsafe(gateway, port),
         announce=lambda port: announce(gateway, port),
         grace=grace,
     )

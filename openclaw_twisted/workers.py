@@ -1,4 +1,4 @@
-"""``--workers N``: one listening socket, N gateway processes accepting on it, supervised."""
+"""``--workers N``: N gateway processes listening on one port (``SO_REUSEPORT``), supervised."""
 
 from __future__ import annotations
 
@@ -13,17 +13,17 @@ from typing import IO, Any
 
 import attrs
 from twisted.application.service import Service
-from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, UNIXServerEndpoint
-from twisted.internet.error import ProcessDone
+from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.internet.error import CannotListenError, ProcessDone
 from twisted.internet.interfaces import (
     IDelayedCall,
     IListeningPort,
     IProtocolFactory,
     IStreamServerEndpoint,
 )
-from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
+from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import ILogObserver, LogEvent, Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -32,8 +32,6 @@ from ._exit import Exit
 
 log = Logger()
 
-#: The fd a worker finds the listening socket on (after stdin, stdout, stderr).
-WORKER_FD = 3
 #: A worker that dies sooner than this after it started is restarted after a growing delay
 #: (``RESTART_DELAY`` doubling up to ``RESTART_DELAY_MAX``); one that lived longer, at once.
 STABLE_SECONDS = 10.0
@@ -42,39 +40,82 @@ RESTART_DELAY_MAX = 30.0
 #: On stop, workers get their grace period and the drain, then this long, before SIGKILL.
 KILL_AFTER_SECONDS = 5.0
 
-FAMILIES = {IPv4Address: socket.AF_INET, IPv6Address: socket.AF_INET6, UNIXAddress: socket.AF_UNIX}
-#: The endpoints whose listening socket a worker can take over as it is (no TLS wrapper).
-SHAREABLE = (TCP4ServerEndpoint, TCP6ServerEndpoint, UNIXServerEndpoint)
+#: A worker writes ``listening`` on this fd once its port listens (then closes it).
+READY_FD = 3
+#: The endpoints workers can share: plain TCP (each worker listens on the port itself).
+SHAREABLE = (TCP4ServerEndpoint, TCP6ServerEndpoint)
 
 
 def shareable(endpoint: IStreamServerEndpoint) -> bool:
-    """Whether workers can accept on this endpoint's socket (TCP or UNIX, not TLS)."""
+    """Whether workers can listen on this endpoint together (TCP, not TLS or UNIX)."""
     return isinstance(endpoint, SHAREABLE)
+
+
+def where(endpoint: IStreamServerEndpoint) -> tuple[int, str, int, int]:
+    """``(family, host, port, backlog)`` of a shareable endpoint."""
+    ipv6 = isinstance(endpoint, TCP6ServerEndpoint)
+    host = endpoint._interface or ("::" if ipv6 else "0.0.0.0")  # type: ignore[attr-defined]
+    family = socket.AF_INET6 if ipv6 else socket.AF_INET
+    return family, host, endpoint._port, endpoint._backlog  # type: ignore[attr-defined]
+
+
+def reuseport_socket(family: int, host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` that other processes of this user may bind too."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 @implementer(IStreamServerEndpoint)
 @attrs.frozen
-class InheritedSocket:
-    """A listening socket this process inherited: ``listen`` adopts it (a worker's port)."""
+class SharedPort:
+    """
+    A worker's port: its own listening socket on the supervisor's port (``SO_REUSEPORT``),
+    so the kernel spreads new connections over the workers.
+    """
 
     reactor: Any
-    fd: int
     family: int
+    host: str
+    port: int
+    backlog: int
 
     def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:
         try:
-            port = self.reactor.adoptStreamPort(self.fd, self.family, protocolFactory)
+            sock = reuseport_socket(self.family, self.host, self.port)
+            with sock:
+                sock.listen(self.backlog)
+                sock.setblocking(False)
+                port = self.reactor.adoptStreamPort(sock.fileno(), self.family, protocolFactory)
         except Exception:
             return fail()
-        # The reactor holds its own duplicate: this one would only keep the socket open.
-        os.close(self.fd)
         return succeed(port)
 
 
-class _Unused(Protocol):
-    def connectionMade(self) -> None:  # pragma: no cover - the parent never accepts
-        assert self.transport is not None
-        self.transport.loseConnection()
+@implementer(IListeningPort)
+@attrs.define
+class Reserved:
+    """The supervisor's socket: bound (the port is this service's, even port 0), not listening."""
+
+    sock: socket.socket
+
+    def startListening(self) -> None:
+        """It never listens: only the workers do."""
+
+    def stopListening(self) -> None:
+        self.sock.close()
+
+    def getHost(self) -> IPv4Address | IPv6Address:
+        host, port = self.sock.getsockname()[:2]
+        if self.sock.family == socket.AF_INET6:
+            return IPv6Address("TCP", host, port)
+        return IPv4Address("TCP", host, port)
 
 
 class _Worker(ProcessProtocol):
@@ -85,6 +126,7 @@ class _Worker(ProcessProtocol):
         self.index = index
         self.spec = spec
         self.pid: int | None = None
+        self.ready = False
         self.started_at = supervisor.reactor.seconds()
 
     def connectionMade(self) -> None:
@@ -93,6 +135,10 @@ class _Worker(ProcessProtocol):
         # The options go on stdin, not argv or the environment: they may hold the token.
         self.transport.write(self.spec)
         self.transport.closeStdin()
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        if childFD == READY_FD and b"listening" in data and not self.ready:
+            self.supervisor._ready(self)
 
     def processEnded(self, reason: Failure) -> None:
         self.supervisor._ended(self, reason)
@@ -114,6 +160,7 @@ class Supervisor(Service):
         workers: int,
         spec: Mapping[str, Any],
         *,
+        check: Callable[[IListeningPort], None] = lambda port: None,
         announce: Callable[[IListeningPort], None] = lambda port: None,
         argv: list[str] | None = None,
         grace: float = 10.0,
@@ -122,6 +169,7 @@ class Supervisor(Service):
         self.endpoint = endpoint
         self.workers = workers
         self.spec = dict(spec)
+        self.check = check
         self.announce = announce
         self.argv = argv or [sys.executable, "-m", "openclaw_twisted.workers"]
         self.grace = grace
@@ -139,21 +187,31 @@ class Supervisor(Service):
         from .gateway import CannotListen, StartError, _why
 
         super().privilegedStartService()
-        factory = Factory.forProtocol(_Unused)
-        factory.noisy = False
-        failures: list[Failure] = []
-        self.endpoint.listen(factory).addCallbacks(self._listened, failures.append)
-        if failures:
-            # TCP and UNIX endpoints listen (or fail) at once.
-            error = failures[0].value
-            raise error if isinstance(error, StartError) else CannotListen(_why(error))
-
-    def _listened(self, port: IListeningPort) -> None:
-        # Only the workers accept: the parent keeps the socket for the ones it restarts.
-        port.stopReading()  # type: ignore[attr-defined]
+        family, host, number, backlog = where(self.endpoint)
+        try:
+            # Held until the end, so the port stays this service's while workers restart.
+            port = Reserved(reuseport_socket(family, host, number))
+        except OSError as e:
+            raise CannotListen(_why(CannotListenError(host, number, e))) from None
+        try:
+            self.check(port)
+        except StartError:
+            port.stopListening()
+            raise
         self.port = port
-        self.announce(port)
-        self.listening.callback(port)
+        real = port.getHost().port
+        self.spec.update(family=int(family), host=host, port=real, backlog=backlog)
+
+    def _ready(self, worker: _Worker) -> None:
+        """A worker listens; once every worker first does, the gateway is there."""
+        worker.ready = True
+        if self.listening.called or self.port is None:
+            return
+        if len(self.running_workers) == self.workers and all(
+            w.ready for w in self.running_workers.values()
+        ):
+            self.announce(self.port)
+            self.listening.callback(self.port)
 
     def startService(self) -> None:
         super().startService()
@@ -165,19 +223,24 @@ class Supervisor(Service):
         self._restarts.pop(index, None)
         if self._stopping or self.port is None:
             return
-        fd = self.port.fileno()  # type: ignore[attr-defined]
-        family = FAMILIES.get(type(self.port.getHost()), socket.AF_INET)
-        spec = json.dumps({**self.spec, "index": index, "family": int(family)}).encode()
+        spec = json.dumps({"options": self.spec, "index": index}).encode()
         worker = _Worker(self, index, spec)
         self.reactor.spawnProcess(
             worker,
             self.argv[0],
             self.argv,
             env=dict(os.environ),
-            childFDs={0: "w", 1: 1, 2: 2, WORKER_FD: fd},
+            childFDs={0: "w", 1: 1, 2: 2, READY_FD: "r"},
         )
+        again = index in self._delay
+        self._delay.setdefault(index, RESTART_DELAY)
         self.running_workers[index] = worker
-        log.info("worker {index} started (pid {pid})", index=index, pid=worker.pid)
+        log.info(
+            "worker {index} {what} (pid {pid})",
+            index=index,
+            what="restarted" if again else "started",
+            pid=worker.pid,
+        )
 
     def _ended(self, worker: _Worker, reason: Failure) -> None:
         if self.running_workers.get(worker.index) is worker:
@@ -211,7 +274,7 @@ class Supervisor(Service):
             call.cancel()
         self._restarts.clear()
         if self.port is not None:
-            # New connections are refused from now on, as when one gateway stops.
+            # Each worker closes its own listening socket as its drain begins.
             self.port.stopListening()
         if not self.running_workers:
             return succeed(None)
@@ -276,16 +339,15 @@ class WorkerLog:
 
 
 def worker_main(stdin: IO[bytes], stdout: IO[str], environ: Mapping[str, str]) -> int:
-    """A worker: the options from the supervisor on stdin, the socket on fd ``WORKER_FD``."""
+    """A worker: the options from the supervisor on stdin (the real port among them)."""
     from twisted.internet import reactor
     from twisted.logger import globalLogBeginner
 
     from . import tap
     from .config import ConfigError
 
-    spec = json.loads(stdin.read())
-    index = int(spec.pop("index"))
-    family = int(spec.pop("family"))
+    got = json.loads(stdin.read())
+    index, spec = int(got["index"]), got["options"]
     # Ctrl-C reaches the whole process group: the supervisor forwards it as SIGTERM, once.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     observer = WorkerLog(tap.log_observer(spec.get("log-format") or "text", stdout), index)
@@ -300,9 +362,21 @@ def worker_main(stdin: IO[bytes], stdout: IO[str], environ: Mapping[str, str]) -
     grace = float(spec.get("grace") or 10.0)
     gateway = Gateway(config, reactor)
     service = tap.Process(
-        gateway.service(InheritedSocket(reactor, WORKER_FD, family), grace=grace, announce=False),
+        gateway.service(
+            SharedPort(reactor, spec["family"], spec["host"], spec["port"], spec["backlog"]),
+            grace=grace,
+            announce=False,
+        ),
         reactor,
     )
+
+    def ready(_: object) -> None:
+        # The supervisor says "listening" once every worker can take connections.
+        with contextlib.suppress(OSError):
+            os.write(READY_FD, b"listening\n")
+            os.close(READY_FD)
+
+    service.gateway.listening.addCallback(ready)
     try:
         service.privilegedStartService()
     except SystemExit as e:
