@@ -157,6 +157,8 @@ class Bench:
     ready_times: list[float] = attrs.Factory(list)
     idle: list[int] = attrs.Factory(list)  # VmRSS of each fresh gateway once ready
     gateways: int = 0
+    #: ``--workers N``: scenario 2 also against a gateway of N worker processes.
+    workers: int = 1
 
     # -- processes ---------------------------------------------------------------------------
 
@@ -174,7 +176,9 @@ class Bench:
         argv = self.python("-m", "bench.floor", "--upstream", upstream)
         return Proc("floor", argv, self.out, r"listening (\d+)", self.env)
 
-    def start_gateway(self, provider: Proc, session: dict[str, Any] | None = None) -> Proc:
+    def start_gateway(
+        self, provider: Proc, session: dict[str, Any] | None = None, workers: int = 1
+    ) -> Proc:
         """``openclaw-twisted gateway --config <file> --port 0``, as a user starts it."""
         self.gateways += 1
         state = self.out / f"state-{self.gateways}"
@@ -216,12 +220,16 @@ class Bench:
         path.write_text(json.dumps(config, indent=2))
         env = dict(self.env, OPENCLAW_STATE_DIR=str(state))
         argv = self.python("-m", "openclaw_twisted.cli", "gateway", "--config", str(path))
+        if workers > 1:
+            argv += ["--workers", str(workers)]
         gw = Proc(f"gateway-{self.gateways}", [*argv, "--port", "0"], self.out, LISTENING, env)
         while get(gw.port, "/readyz") != 200:
             if time.monotonic() - gw.started > 30:
                 gw.stop()
                 raise SystemExit(f"bench: {gw.name} never became ready, see {self.out}")
             time.sleep(0.005)
+        if workers > 1:
+            return gw  # its RSS and start time are N processes': not scenario 6's figures
         self.ready_times.append(time.monotonic() - gw.started)
         time.sleep(self.mode.settle)
         self.idle.append(gw.status("VmRSS"))
@@ -331,6 +339,8 @@ class Bench:
                         self.profile_closed_loop(gw, "2")
                 finally:
                     gw.stop()
+                if self.workers > 1:
+                    self.scaled(provider, stateless)
             finally:
                 floor.stop()
             if "3" in scenarios:
@@ -399,6 +409,27 @@ class Bench:
         self.check_errors("2", via)
         stateless: dict[str, float] = via
         return stateless
+
+    def scaled(self, provider: Proc, one: dict[str, float]) -> None:
+        """Scenario 2 against ``--workers N``, beside the one-process figure just measured."""
+        n = self.workers
+        gw = self.start_gateway(provider, workers=n)
+        try:
+            label = f"2 gateway --workers {n}"
+            many = self.measure(label, [provider, gw], lambda: self.closed_loop(gw, 32))
+        finally:
+            gw.stop()
+        load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+        ratio = many["rps"] / one["rps"]
+        self.row(
+            f"2. req/s with --workers {n}",
+            "≥ 1.6x one process" if n == 2 else "more than one process",
+            f"{many['rps']:.0f} req/s, p99 {many['p99']:.1f} ms",
+            f"{ratio:.2f}x of {one['rps']:.0f} (load average {load}; load generator and "
+            "fake provider share the cores)",
+            ratio >= (1.6 if n == 2 else 1.0) and not many["errors"],
+        )
+        self.check_errors(f"2 --workers {n}", many)
 
     def sessions(self, provider: Proc, stateless: dict[str, float], profile: bool) -> None:
         gw = self.start_gateway(provider)
@@ -788,6 +819,12 @@ def main(argv: list[str] | None = None) -> int:
         "--only", default="12345678", help="the scenarios to run, e.g. 45 (3 includes 2)"
     )
     parser.add_argument("--out", help="where logs and state go (default: a temporary directory)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="also run scenario 2 against `gateway --workers N` and print the ratio",
+    )
     options = parser.parse_args(argv)
     mode_name = "smoke" if options.smoke else "quick" if options.quick else "full"
     mode = MODES[mode_name]
@@ -799,7 +836,7 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(
         os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
     )
-    bench = Bench(mode, out, wrk, env)
+    bench = Bench(mode, out, wrk, env, workers=options.workers)
     header = [f"openclaw-twisted bench ({mode_name}); logs in {out}", *machine(wrk)]
     sys.stdout.write("\n".join(header) + "\n")
     sys.stdout.flush()
