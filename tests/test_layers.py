@@ -13,7 +13,16 @@ PACKAGE = "openclaw_twisted"
 ROOT = os.path.dirname(openclaw_twisted.__file__)
 #: The composition root, and what builds it (the package's front door, the entry points).
 ABOVE_THE_ROOT = frozenset(
-    {PACKAGE, f"{PACKAGE}.gateway", f"{PACKAGE}.tap", f"{PACKAGE}.cli", f"{PACKAGE}.testing"}
+    {
+        PACKAGE,
+        f"{PACKAGE}.gateway",
+        f"{PACKAGE}.tap",
+        f"{PACKAGE}.cli",
+        f"{PACKAGE}.testing",
+        # ``--workers``: the supervisor (it starts gateways), and a worker process's main.
+        f"{PACKAGE}.workers",
+        f"{PACKAGE}.worker",
+    }
 )
 
 
