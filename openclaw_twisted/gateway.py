@@ -178,11 +178,11 @@ class Gateway:
         # Sessions live under the state dir unless a store is injected (tests, embedding);
         # their fsyncs run on the reactor's thread pool when it has one.
         threads = IReactorThreads.providedBy(reactor) and IReactorFromThreads.providedBy(reactor)
-        self.store = (
-            store
-            if store is not None
-            else DiskSessionStore(config.state_dir, reactor=reactor if threads else None)
-        )
+        if store is None:
+            disk = DiskSessionStore(config.state_dir, reactor=reactor if threads else None)
+            # Other processes may share the state dir (--workers, agent --local).
+            store, lanes = disk, disk.lanes()
+        self.store = store
         self.runner = AgentRunner(
             self.roster,
             self.providers,

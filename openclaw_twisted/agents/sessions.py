@@ -29,7 +29,8 @@ from zope.interface import implementer
 from .._json import dumps
 from ..config import normalize_agent_id
 from ..providers.interface import Message
-from .store import ISessionLanes, ISessionStore, message_of, messages_from
+from .lanes import ILaneLock, LocalLanes, Release
+from .store import ISessionStore, message_of, messages_from
 from .writer import WRITERS, GroupWriter, in_thread
 
 __all__ = ["INDEX", "INDEX_LOG", "INDEX_REFRESH_SECONDS", "WRITERS", "DiskSessionStore"]
@@ -41,6 +42,8 @@ INDEX = "sessions.json"
 #: (``{"key": ..., "entry": {sessionId, updatedAt, ...}}``). Not ``.jsonl``: OpenClaw and the
 #: recovery scan take ``<id>.jsonl`` for transcripts.
 INDEX_LOG = "sessions.json.log"
+#: Per-session lock files, in ``<stateDir>/agents/`` (a dot: never an agent id).
+SESSION_LOCKS = ".locks"
 #: Lock files live in ``<stateDir>/agents/<agentId>/locks/``, beside ``sessions/`` (which
 #: keeps OpenClaw's layout). The index's lock is taken (``flock``) shared to read the index or
 #: append to its log, exclusive to rewrite ``sessions.json`` and drop the log, so processes
@@ -141,7 +144,7 @@ class _Loaded:
     messages: tuple[tuple[LogLevel, dict[str, Any]], ...] = ()
 
 
-@implementer(ISessionStore, ISessionLanes)
+@implementer(ISessionStore)
 class DiskSessionStore:
     """
     ``<stateDir>/agents/<agentId>/sessions/``: ``sessions.json`` maps each session key to
@@ -165,8 +168,8 @@ class DiskSessionStore:
     every Deferred has fired on return. The cache is updated at once, so reads see an append
     before it is durable.
 
-    Several processes may share one state dir (``--workers``): ``hold`` takes a session's
-    file lock for a turn (and brings the index up to date under it), a transcript another
+    Several processes may share one state dir (``--workers``): ``lanes()`` holds a session's
+    lock file for a turn (and has the index checked again under it), a transcript another
     process grew is read again (its size is checked before the cache is trusted), index log
     lines are appended whole and ``sessions.json`` is rewritten under an exclusive lock.
     """
@@ -197,6 +200,8 @@ class DiskSessionStore:
         self._loading: dict[str, list[Deferred[_Index]]] = {}
         self._cache: OrderedDict[str, _Transcript] = OrderedDict()
         self._cached_bytes = 0
+        #: Index dirs to check against the disk on next use even while this process writes.
+        self._must_check: set[str] = set()
 
     # -- ISessionStore ---------------------------------------------------------------------
 
@@ -222,31 +227,22 @@ class DiskSessionStore:
         """Append ``records``; the Deferred fires once they are durable."""
         return self._index(agent_id).addCallback(self._append, session_key, records)
 
-    def hold(self, agent_id: str, session_key: str) -> Deferred[Callable[[], None]]:
+    def lanes(self) -> ILaneLock:
         """
-        Wait (polling on the reactor's clock; cancellable) until no other process holds the
-        session's lock file, take it, and read what other processes added to the index.
-        Fires with the function that releases it.
+        Lanes held across the processes sharing this state dir (``--workers``): a session's
+        turn holds a lock file (``<stateDir>/agents/.locks/``, named by a hash of the key)
+        after its in-process lane; under it, reads see what the other processes wrote.
         """
-        try:
-            d = self._dir(agent_id)
-        except ValueError:
-            return fail()
+        return FileLanes(self)
+
+    def _session_lock(self, session_key: str) -> _FileLock:
         digest = hashlib.sha256(session_key.encode("utf-8", "surrogatepass")).hexdigest()
         clock = self._reactor if IReactorTime.providedBy(self._reactor) else None
-        lock = _FileLock(os.path.join(_locks(d), digest[:32] + ".lock"), clock)
+        return _FileLock(os.path.join(self.root, SESSION_LOCKS, digest[:32] + ".lock"), clock)
 
-        def current(_: object) -> Deferred[_Index]:
-            return self._index(agent_id, current=True)
-
-        def held(_: object) -> Callable[[], None]:
-            return lock.release
-
-        def failed(f: Failure) -> Failure:
-            lock.release()
-            return f
-
-        return lock.acquire().addCallback(current).addCallbacks(held, failed)
+    def _recheck(self) -> None:
+        """Another process may have written: each index is checked on its next use."""
+        self._must_check.update(self._indexes)
 
     def flush(self) -> Deferred[None]:
         """
@@ -433,12 +429,12 @@ class DiskSessionStore:
             raise ValueError(f"agent id {agent_id!r} does not name a directory under the state dir")
         return path
 
-    def _index(self, agent_id: str, *, current: bool = False) -> Deferred[_Index]:
+    def _index(self, agent_id: str) -> Deferred[_Index]:
         """
         The agent's index, current with what other processes wrote. Reading it from disk
         happens on a pool thread; calls made meanwhile wait, and go on in the order made.
-        While this process writes the index, what it holds is taken as current, unless
-        ``current`` (a session lock was just taken: another process may have written).
+        While this process writes the index, what it holds is taken as current, unless a
+        session lock was taken since (another process may have written meanwhile).
         """
         try:
             d = self._dir(agent_id)
@@ -456,8 +452,9 @@ class DiskSessionStore:
                 index = self._indexes[d] = _Index(d, {})
                 return succeed(index)
             return self._load(d, None)
-        if self._writer.busy(d) and not current:
+        if self._writer.busy(d) and d not in self._must_check:
             return succeed(index)
+        self._must_check.discard(d)
         if _stat(os.path.join(d, INDEX)) != index.seen:
             # Another process (the gateway, ``agent --local``, OpenClaw) rewrote it.
             return self._load(d, None)
@@ -1043,3 +1040,43 @@ def _open_lock(path: str) -> int:
     except FileNotFoundError:
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         return os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+
+
+@implementer(ILaneLock)
+class FileLanes:
+    """
+    Lanes across the processes sharing a state dir: the in-process lane first, then (for a
+    session that is kept) the session's lock file, until the release. Holding it, the
+    store checks its indexes against the disk before trusting them again.
+    """
+
+    def __init__(self, store: DiskSessionStore, local: ILaneLock | None = None) -> None:
+        self.store = store
+        self.local: ILaneLock = local if local is not None else LocalLanes()
+
+    def acquire(
+        self, key: str, shared: bool = True, on_lost: Callable[[], object] | None = None
+    ) -> Deferred[Release]:
+        d = self.local.acquire(key, shared, on_lost)
+        if not shared:
+            return d
+
+        def locked(release_local: Release) -> Deferred[Release]:
+            lock = self.store._session_lock(key)
+
+            def held(_: object) -> Release:
+                self.store._recheck()
+
+                def release() -> Deferred[None]:
+                    lock.release()
+                    return release_local()
+
+                return release
+
+            def failed(f: Failure) -> Failure:
+                release_local()
+                return f
+
+            return lock.acquire().addCallbacks(held, failed)
+
+        return d.addCallback(locked)

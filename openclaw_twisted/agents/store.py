@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
@@ -68,21 +68,6 @@ class ISessionStore(Interface):
         """
         Write anything kept back (the gateway calls this when it stops); fires once every
         write begun before is on disk.
-        """
-
-
-class ISessionLanes(Interface):
-    """
-    A store shared by several processes: a session's turns run one at a time across all of
-    them. The runner holds a session here for the whole of a persisted turn (after its own
-    in-process lane).
-    """
-
-    def hold(agent_id: str, session_key: str) -> Deferred[Callable[[], None]]:
-        """
-        Fires once no other process runs a turn of this session (cancel it to stop waiting),
-        with the function that lets the next one go. Reads made while holding it see what
-        the other processes wrote.
         """
 
 

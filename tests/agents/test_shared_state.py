@@ -30,33 +30,35 @@ class SessionLockTests(SynchronousTestCase):
         state = self.mktemp()
         reactor = ThreadsAndClock()
         one, other = DiskSessionStore(state), DiskSessionStore(state, reactor=reactor)
-        release = self.successResultOf(one.hold("main", "k"))
-        waiting = other.hold("main", "k")
+        release = self.successResultOf(one.lanes().acquire("k"))
+        waiting = other.lanes().acquire("k")
         reactor.advance(1.0)
         self.assertNoResult(waiting)
         # Another key is not held up.
-        self.successResultOf(other.hold("main", "another"))()
+        self.successResultOf(other.lanes().acquire("another"))()
+        # A session nobody keeps is held in this process only.
+        self.successResultOf(other.lanes().acquire("k", shared=False))()
         release()
         reactor.advance(1.0)
         reactor.settle()
         release_other = self.successResultOf(waiting)
 
         gave_up = DiskSessionStore(state, reactor=reactor)
-        cancelled = gave_up.hold("main", "k")
+        cancelled = gave_up.lanes().acquire("k")
         self.assertNoResult(cancelled)
         cancelled.cancel()
         self.failureResultOf(cancelled, CancelledError)
         release_other()
-        self.successResultOf(one.hold("main", "k"))()
+        self.successResultOf(one.lanes().acquire("k"))()
 
     def test_the_holder_sees_what_the_other_process_wrote(self) -> None:
         state = self.mktemp()
         one, other = DiskSessionStore(state), DiskSessionStore(state)
         self.successResultOf(one.history("main", "k", 10))
-        release = self.successResultOf(other.hold("main", "k"))
+        release = self.successResultOf(other.lanes().acquire("k"))
         other.append("main", "k", turn("from", "the other"))
         release()
-        self.successResultOf(one.hold("main", "k"))()
+        self.successResultOf(one.lanes().acquire("k"))()
         self.assertEqual(
             [m.text for m in self.successResultOf(one.history("main", "k", 10))],
             ["from", "the other"],
