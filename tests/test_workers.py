@@ -31,16 +31,7 @@ def config(state: str, upstream: FakeUpstream | None = None) -> None:
     }
     if upstream is not None:
         data["agents"] = {"defaults": {"model": "fake/m"}}
-        data["models"] = {
-            "providers": {
-                "fake": {
-                    "baseUrl": upstream.base_url + "/v1",
-                    "api": "openai-completions",
-                    "apiKey": "sk-test",
-                    "models": [{"id": "m"}],
-                }
-            }
-        }
+        data["models"] = {"providers": {"fake": upstream.provider_config()}}
     with open(os.path.join(state, "openclaw.json"), "w") as f:
         json.dump(data, f)
 

@@ -265,6 +265,12 @@ def build_prompt(
 #: OpenAI's own limit on the functions of one request.
 MAX_TOOLS = 128
 _TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+#: A function tool's optional fields: (key, type, what the 400 says it must be).
+_FUNCTION_FIELDS: tuple[tuple[str, type, str], ...] = (
+    ("description", str, "a string"),
+    ("parameters", dict, "a JSON schema object"),
+    ("strict", bool, "a boolean"),
+)
 
 
 def parse_tools(
@@ -313,28 +319,12 @@ def parse_tools(
                 f"{where}.function.name",
                 "invalid_value",
             )
-        description = fn.get("description")
-        if description is not None and not isinstance(description, str):
-            raise InvalidRequest(
-                f"`{where}.function.description` must be a string.",
-                f"{where}.function.description",
-                "invalid_type",
-            )
-        parameters = fn.get("parameters")
-        if parameters is not None and not isinstance(parameters, dict):
-            raise InvalidRequest(
-                f"`{where}.function.parameters` must be a JSON schema object.",
-                f"{where}.function.parameters",
-                "invalid_type",
-            )
-        strict = fn.get("strict")
-        if strict is not None and not isinstance(strict, bool):
-            raise InvalidRequest(
-                f"`{where}.function.strict` must be a boolean.",
-                f"{where}.function.strict",
-                "invalid_type",
-            )
-        specs.append(ToolSpec(name, description, parameters, strict))
+        for key, kind, what in _FUNCTION_FIELDS:
+            value = fn.get(key)
+            if value is not None and not isinstance(value, kind):
+                field = f"{where}.function.{key}"
+                raise InvalidRequest(f"`{field}` must be {what}.", field, "invalid_type")
+        specs.append(ToolSpec(name, fn.get("description"), fn.get("parameters"), fn.get("strict")))
     choice = _tool_choice(body.get("tool_choice"), specs)
     parallel = body.get("parallel_tool_calls")
     if parallel is not None and not isinstance(parallel, bool):

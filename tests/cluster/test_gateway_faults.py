@@ -107,16 +107,7 @@ class GatewayCrashTests(TestCase):
         config: dict[str, Any] = cluster_config(redis_url)
         config["session"]["redis"]["leaseSeconds"] = 2
         config["agents"]["defaults"]["model"] = "fake/m"
-        config["models"] = {
-            "providers": {
-                "fake": {
-                    "baseUrl": upstream.base_url + "/v1",
-                    "api": "openai-completions",
-                    "apiKey": "sk-test",
-                    "models": [{"id": "m"}],
-                }
-            }
-        }
+        config["models"] = {"providers": {"fake": upstream.provider_config()}}
         with open(os.path.join(state, "openclaw.json"), "w") as f:
             json.dump(config, f)
         args = ["-m", "openclaw_twisted.cli", "gateway", "--port", "tcp:0:interface=127.0.0.1"]
