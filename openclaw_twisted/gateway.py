@@ -10,7 +10,7 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.address import UNIXAddress
-from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
@@ -333,7 +333,7 @@ class Gateway:
         if self._ws_factory is not None:
             self._ws_factory.shutdown()
         await self.runner.shutdown(grace)
-        await maybeDeferred(self.store.flush)
+        await self.store.flush()
         # Every response in flight (SSE streams ending with their error frame) is written
         # out before the reactor may stop and cut the connections.
         for site in self._sites:
