@@ -13,23 +13,27 @@ from ..agents.events import RunRequest
 from ..agents.roster import Roster, RouteError
 from ..agents.store import USER_MAX_CHARS, session_key_error
 from ..config import ChatCompletionsConfig
-from ..providers.interface import Sampling
+from ..providers.interface import Message, NamedTool, Sampling, ToolChoice, ToolSpec
 from .chat import (
+    _FUNCTION_FIELDS,
+    _TOOL_NAME,
     INVALID_IMAGE,
     MAX_TOKENS,
+    MAX_TOOLS,
     MISSING_USER_MESSAGE,
     InvalidRequest,
     _integer,
+    _last_user_text,
     _number,
+    build_conversation,
     build_prompt,
 )
 
 MISSING_INPUT = "Missing user message in `input`."
 INVALID_INPUT_IMAGE = "Invalid input_image content in `input`."
-TOOLS_UNSUPPORTED = "function tools are not supported yet on /v1/responses"
-#: Input items that carry nothing for the agent's prompt (earlier tool calls and reasoning
-#: are the model's own output; a reference names an item this gateway does not keep).
-SKIPPED_ITEMS = frozenset({"function_call", "reasoning", "item_reference"})
+#: Input items that carry nothing for the agent's prompt (reasoning is the model's own
+#: output; a reference names an item this gateway does not keep).
+SKIPPED_ITEMS = frozenset({"reasoning", "item_reference"})
 #: How many response ids are remembered for ``previous_response_id`` (the oldest go first).
 REMEMBERED_RESPONSES = 10_000
 
@@ -48,7 +52,9 @@ class ResponsesRequest:
     instructions: str | None = None
     previous_response_id: str | None = None
     user: str | None = None
+    #: The request's ``tool_choice`` as given (echoed), ``auto`` when unset.
     tool_choice: Any = "auto"
+    parallel_tool_calls: bool = True
 
 
 @attrs.frozen
@@ -169,13 +175,17 @@ def parse_responses(
 
     stream = _flag(body, "stream", False)
     store = _flag(body, "store", True)
-    _check_tools(body)
-    tool_choice = _tool_choice(body)
+    tools, choice, parallel = parse_function_tools(body)
     instructions = body.get("instructions")
     if instructions is not None and not isinstance(instructions, str):
         raise InvalidRequest("`instructions` must be a string.", "instructions", "invalid_type")
 
-    message, extra, images = _prompt(body.get("input"), config)
+    # A stored response can be continued: its session is kept, or the next turn would not
+    # see this one. ``store: false`` is the stateless request of chat completions.
+    persist = route.persist or store
+    message, extra, images, conversation = _prompt(
+        body.get("input"), config, structured=bool(tools), stateless=not persist
+    )
     if instructions and instructions.strip():
         extra = "\n\n".join(p for p in (instructions.strip(), extra) if p)
     sampling = Sampling(
@@ -183,9 +193,6 @@ def parse_responses(
         temperature=_number(body, "temperature", 0, 2),
         top_p=_number(body, "top_p", 0, 1),
     )
-    # A stored response can be continued: its session is kept, or the next turn would not
-    # see this one. ``store: false`` is the stateless request of chat completions.
-    persist = route.persist or store
     run = RunRequest(
         agent_id=route.agent_id,
         session_key=route.session_key,
@@ -197,6 +204,10 @@ def parse_responses(
         keep_text=persist or not stream,
         stream=stream,
         response_id=response_id if store else None,
+        tools=tools,
+        tool_choice=choice,
+        parallel_tool_calls=parallel,
+        conversation=conversation,
     )
     return ResponsesRequest(
         run,
@@ -207,7 +218,8 @@ def parse_responses(
         instructions,
         previous_id,
         user,
-        tool_choice,
+        body.get("tool_choice") or "auto",
+        parallel is not False,
     )
 
 
@@ -220,31 +232,86 @@ def _flag(body: Mapping[str, Any], name: str, default: bool) -> bool:
     return value
 
 
-def _check_tools(body: Mapping[str, Any]) -> None:
-    tools = body.get("tools")
-    if tools is None:
-        return
-    if not isinstance(tools, list):
+def parse_function_tools(
+    body: Mapping[str, Any],
+) -> tuple[tuple[ToolSpec, ...], ToolChoice | None, bool | None]:
+    """
+    ``tools``, ``tool_choice`` and ``parallel_tool_calls`` in the Responses API's shapes
+    (a function's fields flat on the tool, not under ``function``), validated by chat
+    completions' rules.
+    """
+    raw = body.get("tools")
+    if raw is None:
+        raw = []
+    if not isinstance(raw, list):
         raise InvalidRequest("`tools` must be an array.", "tools", "invalid_type")
-    if tools:
-        # The runner has no tool loop yet: refusing is honest, ignoring them is not.
-        raise InvalidRequest(TOOLS_UNSUPPORTED, "tools", "unsupported_parameter")
-
-
-def _tool_choice(body: Mapping[str, Any]) -> Any:
-    choice = body.get("tool_choice")
-    if choice is None:
-        return "auto"
-    if choice in ("auto", "none"):
-        return choice
-    if choice == "required" or isinstance(choice, dict):
+    if len(raw) > MAX_TOOLS:
         raise InvalidRequest(
-            "`tool_choice` needs `tools`, and " + TOOLS_UNSUPPORTED + ".",
+            f"`tools` has {len(raw)} entries; at most {MAX_TOOLS} are allowed.",
+            "tools",
+            "invalid_value",
+        )
+    specs: list[ToolSpec] = []
+    for i, tool in enumerate(raw):
+        where = f"tools[{i}]"
+        if not isinstance(tool, dict):
+            raise InvalidRequest(f"`{where}` must be an object.", where, "invalid_type")
+        kind = tool.get("type")
+        if kind != "function":
+            shown = f"'{kind}'" if isinstance(kind, str) and len(kind) <= 64 else "missing"
+            raise InvalidRequest(
+                f"`{where}.type` is {shown}; only 'function' tools are supported.",
+                f"{where}.type",
+                "invalid_value",
+            )
+        name = tool.get("name")
+        if not isinstance(name, str) or not _TOOL_NAME.fullmatch(name):
+            raise InvalidRequest(
+                f"`{where}.name` must be 1 to 64 letters, digits, '_' or '-'.",
+                f"{where}.name",
+                "invalid_value",
+            )
+        if any(s.name == name for s in specs):
+            raise InvalidRequest(
+                f"`{where}.name`: the function '{name}' is given twice.",
+                f"{where}.name",
+                "invalid_value",
+            )
+        for key, type_, what in _FUNCTION_FIELDS:
+            value = tool.get(key)
+            if value is not None and not isinstance(value, type_):
+                field = f"{where}.{key}"
+                raise InvalidRequest(f"`{field}` must be {what}.", field, "invalid_type")
+        specs.append(
+            ToolSpec(name, tool.get("description"), tool.get("parameters"), tool.get("strict"))
+        )
+    choice = _tool_choice(body.get("tool_choice"), specs)
+    parallel = _flag(body, "parallel_tool_calls", True) if "parallel_tool_calls" in body else None
+    return tuple(specs), choice, parallel if specs else None
+
+
+def _tool_choice(value: Any, specs: list[ToolSpec]) -> ToolChoice | None:
+    if value is None:
+        return None
+    if value in ("auto", "none", "required"):
+        if value == "required" and not specs:
+            raise InvalidRequest(
+                "`tool_choice` 'required' needs `tools`.", "tool_choice", "invalid_value"
+            )
+        return value if specs else None
+    if isinstance(value, dict) and value.get("type") == "function":
+        name = value.get("name")
+        if isinstance(name, str) and any(s.name == name for s in specs):
+            return NamedTool(name)
+        shown = f"'{name}'" if isinstance(name, str) and len(name) <= 64 else "no name"
+        raise InvalidRequest(
+            f"`tool_choice` names the function {shown}, which is not in `tools`.",
             "tool_choice",
-            "unsupported_parameter",
+            "invalid_value",
         )
     raise InvalidRequest(
-        "`tool_choice` must be 'auto', 'none', 'required' or an object.",
+        "`tool_choice` must be 'auto', 'none', 'required' or "
+        '{"type": "function", "name": ...}.',
         "tool_choice",
         "invalid_value",
     )
@@ -254,10 +321,20 @@ def _tool_choice(body: Mapping[str, Any]) -> Any:
 # Input items → the chat messages OpenClaw's prompt rules are written for
 
 
-def _prompt(input_: Any, config: ChatCompletionsConfig) -> tuple[str, str, tuple[Any, ...]]:
-    messages = _messages(input_)
+def _prompt(
+    input_: Any, config: ChatCompletionsConfig, *, structured: bool, stateless: bool
+) -> tuple[str, str, tuple[Any, ...], tuple[Message, ...] | None]:
+    """
+    (agent message, extra system prompt, images, conversation): with ``tools`` or tool
+    items the input is given to the model as real turns (chat completions' rule), else
+    flattened into OpenClaw's prompt.
+    """
+    messages = _messages(input_, stateless=stateless)
     try:
-        return build_prompt(messages, config)
+        if structured or any(m["role"] == "tool" or "tool_calls" in m for m in messages):
+            conversation, extra, images = build_conversation(messages, config, stateless=stateless)
+            return _last_user_text(conversation), extra, images, conversation
+        return (*build_prompt(messages, config), None)
     except InvalidRequest as e:
         # The rules are chat completions'; the field the client must fix is ``input``.
         if e.message == INVALID_IMAGE:
@@ -267,7 +344,7 @@ def _prompt(input_: Any, config: ChatCompletionsConfig) -> tuple[str, str, tuple
         raise InvalidRequest(e.message, "input", e.code) from None
 
 
-def _messages(input_: Any) -> list[dict[str, Any]]:
+def _messages(input_: Any, *, stateless: bool) -> list[dict[str, Any]]:
     if input_ is None:
         raise InvalidRequest(MISSING_INPUT, "input", "missing_user_message")
     if isinstance(input_, str):
@@ -277,6 +354,7 @@ def _messages(input_: Any) -> list[dict[str, Any]]:
             "`input` must be a string or an array of input items.", "input", "invalid_type"
         )
     messages: list[dict[str, Any]] = []
+    calls_seen: set[str] = set()
     for i, item in enumerate(input_):
         if not isinstance(item, dict):
             raise InvalidRequest(f"`input[{i}]` must be an object.", "input", "invalid_type")
@@ -287,15 +365,33 @@ def _messages(input_: Any) -> list[dict[str, Any]]:
             )
         if kind == "message":
             messages.append(_message(item, i))
+        elif kind == "function_call":
+            call = _function_call(item, i)
+            calls_seen.add(call["id"])
+            last = messages[-1] if messages else None
+            if last is not None and last["role"] == "assistant":
+                # One assistant turn: its text (if any) and every call it made.
+                last.setdefault("tool_calls", []).append(call)
+            else:
+                messages.append({"role": "assistant", "content": "", "tool_calls": [call]})
         elif kind == "function_call_output":
-            messages.append(_tool_output(item, i))
+            output = _tool_output(item, i)
+            if stateless and output["tool_call_id"] not in calls_seen:
+                raise InvalidRequest(
+                    f"`input[{i}]` answers the call '{output['tool_call_id']}', but no "
+                    "`function_call` item before it made that call (and no stored "
+                    "`previous_response_id` session holds it).",
+                    "input",
+                    "invalid_value",
+                )
+            messages.append(output)
         elif kind in SKIPPED_ITEMS:
             continue
         else:
             shown = kind if len(kind) <= 64 else kind[:64] + "..."
             raise InvalidRequest(
-                f"`input[{i}]` has an unsupported type '{shown}': send `message` or "
-                "`function_call_output` items.",
+                f"`input[{i}]` has an unsupported type '{shown}': send `message`, "
+                "`function_call` or `function_call_output` items.",
                 "input",
                 "invalid_value",
             )
@@ -369,6 +465,19 @@ def _image_url(part: dict[str, Any]) -> Any:
     raise InvalidRequest(INVALID_INPUT_IMAGE, "input", "invalid_image")
 
 
+def _function_call(item: dict[str, Any], i: int) -> dict[str, Any]:
+    """A ``function_call`` item as the chat completions ``tool_calls`` entry it stands for."""
+    call_id, name, arguments = item.get("call_id"), item.get("name"), item.get("arguments")
+    if not all(isinstance(v, str) and v for v in (call_id, name)) or not isinstance(arguments, str):
+        raise InvalidRequest(
+            f"`input[{i}]`: a function_call item needs string `call_id`, `name` and "
+            "`arguments` (the arguments as JSON text).",
+            "input",
+            "invalid_value",
+        )
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
 def _tool_output(item: dict[str, Any], i: int) -> dict[str, Any]:
     output = item.get("output")
     if isinstance(output, list):
@@ -382,5 +491,10 @@ def _tool_output(item: dict[str, Any], i: int) -> dict[str, Any]:
             "invalid_type",
         )
     call_id = item.get("call_id")
-    name = call_id if isinstance(call_id, str) else ""
-    return {"role": "tool", "content": output, "name": name}
+    if not isinstance(call_id, str) or not call_id:
+        raise InvalidRequest(
+            f"`input[{i}].call_id` must name the function_call this output answers.",
+            "input",
+            "invalid_value",
+        )
+    return {"role": "tool", "content": output, "tool_call_id": call_id}

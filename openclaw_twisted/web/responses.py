@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import TYPE_CHECKING, Any, cast
 
+import attrs
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
@@ -19,9 +20,10 @@ from ..agents.events import (
     RunResult,
     RunStarted,
     TextDelta,
+    ToolCallDelta,
 )
 from ..agents.runner import Run
-from ..providers.interface import Usage
+from ..providers.interface import ToolCall, ToolSpec, Usage
 from .chat import InvalidRequest
 from .completions import ChatCompletions, invalid_request, openclaw_headers
 from .errors import json_body, run_error_reply
@@ -69,13 +71,43 @@ def response_error(error: RunError) -> dict[str, Any]:
     return {"code": code, "message": reply.message}
 
 
+def tool_json(spec: ToolSpec) -> dict[str, Any]:
+    """A function tool as the Responses object echoes it (flat, not under ``function``)."""
+    return {
+        "type": "function",
+        "name": spec.name,
+        "description": spec.description,
+        "parameters": spec.parameters,
+        "strict": spec.strict,
+    }
+
+
 class ResponseShape:
-    """Builds the Responses objects of one request: the response, its message, its text."""
+    """Builds the Responses objects of one request: the response, its message, its calls."""
 
     def __init__(self, req: ResponsesRequest, created_at: int) -> None:
         self.req = req
         self.created_at = created_at
         self.message_id = f"msg_{uuid.uuid4().hex}"
+        self._call_ids: dict[int, str] = {}
+
+    def call_item_id(self, index: int) -> str:
+        """The ``fc_`` item id of the run's ``index``-th client call (the same every time)."""
+        if index not in self._call_ids:
+            self._call_ids[index] = f"fc_{uuid.uuid4().hex}"
+        return self._call_ids[index]
+
+    def function_call(
+        self, index: int, call_id: str, name: str, arguments: str, status: str
+    ) -> dict[str, Any]:
+        return {
+            "type": "function_call",
+            "id": self.call_item_id(index),
+            "call_id": call_id,
+            "name": name,
+            "arguments": arguments,
+            "status": status,
+        }
 
     def part(self, text: str) -> dict[str, Any]:
         return {"type": "output_text", "text": text, "annotations": []}
@@ -114,21 +146,37 @@ class ResponseShape:
             "temperature": sampling.temperature,
             "top_p": sampling.top_p,
             "previous_response_id": req.previous_response_id,
-            "parallel_tool_calls": False,
+            "parallel_tool_calls": req.parallel_tool_calls,
             "tool_choice": req.tool_choice,
-            "tools": [],
+            "tools": [tool_json(t) for t in req.run.tools],
             "store": req.store,
             "user": req.user,
             "metadata": {},
         }
 
-    def finished(self, stop_reason: str, text: str, usage: Usage) -> dict[str, Any]:
-        """The response of a run that answered (``incomplete`` when cut at the token limit)."""
+    def finished(
+        self,
+        stop_reason: str,
+        usage: Usage,
+        output: list[dict[str, Any]] | None = None,
+        *,
+        text: str = "",
+        calls: tuple[ToolCall, ...] = (),
+    ) -> dict[str, Any]:
+        """
+        The response of a run that answered (``incomplete`` when cut at the token limit):
+        its ``output`` items, else a message of ``text`` (unless the run only called
+        tools) then a ``function_call`` item per client call.
+        """
         cut = stop_reason == "length"
         status = "incomplete" if cut else "completed"
-        return self.response(
-            status, [self.message(status, text)], responses_usage(usage), incomplete=cut
-        )
+        if output is None:
+            output = [self.message(status, text)] if text or not calls else []
+            output += [
+                self.function_call(i, c.id, c.name, c.arguments, "completed")
+                for i, c in enumerate(calls)
+            ]
+        return self.response(status, output, responses_usage(usage), incomplete=cut)
 
 
 class Responses:
@@ -224,12 +272,27 @@ class Responses:
         if result.error is not None:
             # As chat completions: a non-streaming failure is an HTTP error the SDK raises.
             return run_error_reply(result.error).render(request)
-        body = shape.finished(result.stop_reason, result.text, result.usage)
+        body = shape.finished(
+            result.stop_reason, result.usage, text=result.text, calls=result.tool_calls
+        )
         return json_body(request, 200, body)
 
 
+@attrs.define
+class _OpenCall:
+    """A function_call item being streamed: where it is in ``output``, its arguments so far."""
+
+    output_index: int
+    call_id: str
+    name: str
+
+
 class ResponseStream(RunStream):
-    """One run's events as the Responses API's streaming events, each with its number."""
+    """
+    One run's events as the Responses API's streaming events, each with its number.  The
+    message item opens at the first text (or at the end, when the run wrote neither text
+    nor calls) and closes before a function_call item opens; the calls close at the end.
+    """
 
     name = "responses stream"
 
@@ -246,14 +309,12 @@ class ResponseStream(RunStream):
         self.seq = 0
         # The done events repeat the whole text, so the stream keeps it (as the run would).
         self._text: list[str] = []
-        head = {"type": "response.output_text.delta", "sequence_number": 0}
-        before = event_frame(head)[: -len(b"0}\n\n")]
-        item = dumps(shape.message_id)
-        self._delta_frame = (
-            before,
-            b',"item_id":' + item + b',"output_index":0,"content_index":0,"delta":',
-            b',"logprobs":[]}\n\n',
-        )
+        #: The ``output`` items opened so far, in order (the message's is replaced at close).
+        self._output: list[dict[str, Any]] = []
+        self._message_at: int | None = None
+        self._message_open = False
+        self._calls: dict[int, _OpenCall] = {}
+        self._delta_frame = (b"", b"", b"")
 
     def _event(self, type_: str, **fields: Any) -> bytes:
         data = {"type": type_, "sequence_number": self.seq, **fields}
@@ -261,27 +322,77 @@ class ResponseStream(RunStream):
         return event_frame(data)
 
     def _opening(self) -> bytes:
-        shape = self.shape
-        pending = shape.response("in_progress", [])
-        where = {"item_id": shape.message_id, "output_index": 0, "content_index": 0}
+        pending = self.shape.response("in_progress", [])
+        return self._event("response.created", response=pending) + self._event(
+            "response.in_progress", response=pending
+        )
+
+    def _where(self) -> dict[str, Any]:
+        return {"item_id": self.shape.message_id, "output_index": self._message_at}
+
+    def _open_message(self) -> bytes:
+        shape, at = self.shape, len(self._output)
+        self._message_at, self._message_open = at, True
+        self._output.append(shape.message("in_progress", None))
+        head = {"type": "response.output_text.delta", "sequence_number": 0}
+        before = event_frame(head)[: -len(b"0}\n\n")]
+        item = dumps(shape.message_id)
+        self._delta_frame = (
+            before,
+            b',"item_id":' + item + b',"output_index":%d,"content_index":0,"delta":' % at,
+            b',"logprobs":[]}\n\n',
+        )
+        return self._event(
+            "response.output_item.added", output_index=at, item=self._output[at]
+        ) + self._event(
+            "response.content_part.added", **self._where(), content_index=0, part=shape.part("")
+        )
+
+    def _close_message(self, status: str) -> bytes:
+        if not self._message_open:
+            return b""
+        assert self._message_at is not None
+        self._message_open = False
+        shape, text, where = self.shape, "".join(self._text), self._where()
+        item = self._output[self._message_at] = shape.message(status, text)
         return (
-            self._event("response.created", response=pending)
-            + self._event("response.in_progress", response=pending)
-            + self._event(
-                "response.output_item.added",
-                output_index=0,
-                item=shape.message("in_progress", None),
+            self._event(
+                "response.output_text.done", **where, content_index=0, text=text, logprobs=[]
             )
-            + self._event("response.content_part.added", **where, part=shape.part(""))
+            + self._event(
+                "response.content_part.done", **where, content_index=0, part=shape.part(text)
+            )
+            + self._event("response.output_item.done", output_index=self._message_at, item=item)
+        )
+
+    def _open_call(self, index: int, call_id: str, name: str) -> bytes:
+        at = len(self._output)
+        self._calls[index] = _OpenCall(at, call_id, name)
+        self._output.append(self.shape.function_call(index, call_id, name, "", "in_progress"))
+        return self._event("response.output_item.added", output_index=at, item=self._output[at])
+
+    def _arguments_delta(self, index: int, delta: str) -> bytes:
+        item_id, at = self.shape.call_item_id(index), self._calls[index].output_index
+        return self._event(
+            "response.function_call_arguments.delta", item_id=item_id, output_index=at, delta=delta
         )
 
     def _write_event(self, event: RunEvent | None) -> None:
         if type(event) is TextDelta:
             self._text.append(event.delta)
+            opening = b"" if self._message_open else self._open_message()
             before, middle, after = self._delta_frame
             seq = b"%d" % self.seq
             self.seq += 1
-            self._write(before + seq + middle + dumps(event.delta) + after)
+            self._write(opening + before + seq + middle + dumps(event.delta) + after)
+        elif type(event) is ToolCallDelta:
+            frames = b""
+            if event.index not in self._calls:
+                frames += self._close_message("completed")
+                frames += self._open_call(event.index, event.id or "", event.name or "")
+            if event.arguments_delta:
+                frames += self._arguments_delta(event.index, event.arguments_delta)
+            self._write(frames)
         elif isinstance(event, RunEnded):
             self._end(self._finished(event))
         elif isinstance(event, RunFailed):
@@ -290,17 +401,29 @@ class ResponseStream(RunStream):
             self._end(DONE)
 
     def _finished(self, event: RunEnded) -> bytes:
-        shape, text = self.shape, "".join(self._text)
-        final = shape.finished(event.stop_reason, text, event.usage)
-        where = {"item_id": shape.message_id, "output_index": 0, "content_index": 0}
+        status = "incomplete" if event.stop_reason == "length" else "completed"
+        frames = b""
+        if self._message_at is None and not event.tool_calls:
+            frames += self._open_message()
+        frames += self._close_message(status)
+        for i, call in enumerate(event.tool_calls):
+            if i not in self._calls:  # a call the model did not stream in pieces
+                frames += self._open_call(i, call.id, call.name)
+                if call.arguments:
+                    frames += self._arguments_delta(i, call.arguments)
+            at, item_id = self._calls[i].output_index, self.shape.call_item_id(i)
+            item = self._output[at] = self.shape.function_call(
+                i, call.id, call.name, call.arguments, "completed"
+            )
+            frames += self._event(
+                "response.function_call_arguments.done",
+                item_id=item_id,
+                output_index=at,
+                arguments=call.arguments,
+            ) + self._event("response.output_item.done", output_index=at, item=item)
+        final = self.shape.finished(event.stop_reason, event.usage, self._output)
         last = "response.incomplete" if final["status"] == "incomplete" else "response.completed"
-        return (
-            self._event("response.output_text.done", **where, text=text, logprobs=[])
-            + self._event("response.content_part.done", **where, part=shape.part(text))
-            + self._event("response.output_item.done", output_index=0, item=final["output"][0])
-            + self._event(last, response=final)
-            + DONE
-        )
+        return frames + self._event(last, response=final) + DONE
 
     def _failed(self, error: RunError) -> bytes:
         shape, text = self.shape, "".join(self._text)

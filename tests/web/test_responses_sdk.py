@@ -18,7 +18,7 @@ from twisted.trial.unittest import TestCase
 from openclaw_twisted import Gateway, load_config, parse_config
 from openclaw_twisted.config import ResponsesConfig
 from openclaw_twisted.providers.interface import Usage
-from openclaw_twisted.testing import FakeUpstream, Reply
+from openclaw_twisted.testing import FakeToolCall, FakeUpstream, Reply
 
 from ..support import REPO, http_client, listen
 from .memory import TOKEN
@@ -27,6 +27,22 @@ from .test_upstream import AGENTS, MODELS
 
 T = TypeVar("T")
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+WEATHER = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "The weather in a city.",
+    "parameters": {
+        "type": "object",
+        "properties": {"city": {"type": "string"}},
+        "required": ["city"],
+    },
+}
+#: The arguments as the model streams them: split mid-string.
+PIECES = ['{"ci', 'ty": "Par', 'is"}']
+CALL_THEN_ANSWER = (
+    Reply(deltas=[], tool_calls=[FakeToolCall("get_weather", PIECES)], usage=Usage(20, 5)),
+    Reply(deltas=["It is ", "sunny."]),
+)
 
 
 def responses_config(upstream: FakeUpstream, state_dir: str, **responses: Any) -> Any:
@@ -201,16 +217,189 @@ class ResponsesSDKTests(TestCase):
             await self.sync(url, call)
         self.assertEqual(caught.exception.code, "previous_response_not_found")
 
-    async def test_function_tools_are_refused_for_now(self) -> None:
+    async def test_a_bad_tool_is_a_400_naming_it(self) -> None:
         url = await self.serve()
-        tool = {"type": "function", "name": "f", "parameters": {"type": "object"}}
+        cases = [
+            ({"type": "web_search"}, "tools[0].type", "only 'function' tools"),
+            # The chat completions spelling: the name is flat on a Responses tool.
+            ({"type": "function", "function": {"name": "f"}}, "tools[0].name", "1 to 64"),
+            ({**WEATHER, "parameters": "city"}, "tools[0].parameters", "JSON schema"),
+        ]
+        for tool, param, said in cases:
+            with self.assertRaises(openai.BadRequestError) as caught:
+                await self.sync(
+                    url,
+                    lambda c, t=tool: c.responses.create(  # type: ignore[misc]
+                        model="openclaw", input="hi", tools=[t]
+                    ),
+                )
+            self.assertEqual(caught.exception.param, param)
+            self.assertIn(said, caught.exception.message)
         with self.assertRaises(openai.BadRequestError) as caught:
             await self.sync(
                 url,
-                lambda c: c.responses.create(model="openclaw", input="hi", tools=[tool]),  # type: ignore[list-item]
+                lambda c: c.responses.create(
+                    model="openclaw",
+                    input="hi",
+                    tools=[WEATHER],  # type: ignore[list-item]
+                    tool_choice={"type": "function", "name": "nope"},
+                ),
             )
-        self.assertEqual(caught.exception.param, "tools")
-        self.assertIn("not supported yet", caught.exception.message)
+        self.assertEqual(caught.exception.param, "tool_choice")
+        self.assertEqual(self.upstream.requests, [])
+
+    async def test_function_call_round_trip(self) -> None:
+        url = await self.serve(*CALL_THEN_ANSWER)
+        first = await self.sync(
+            url,
+            lambda c: c.responses.create(
+                model="openclaw",
+                input="Weather in Paris?",
+                tools=[WEATHER],  # type: ignore[list-item]
+                tool_choice="required",
+            ),
+        )
+        self.assertEqual(first.status, "completed")
+        (call,) = first.output  # no text: no message item
+        assert call.type == "function_call"
+        self.assertTrue(call.id and call.id.startswith("fc_"))
+        self.assertEqual((call.name, call.status), ("get_weather", "completed"))
+        self.assertEqual(json.loads(call.arguments), {"city": "Paris"})
+        self.assertEqual([t.name for t in first.tools], ["get_weather"])
+        sent = self.upstream.requests[0].json
+        self.assertEqual(sent["tools"][0]["function"]["name"], "get_weather")
+        self.assertEqual(sent["tool_choice"], "required")
+
+        final = await self.sync(
+            url,
+            lambda c: c.responses.create(
+                model="openclaw",
+                previous_response_id=first.id,
+                input=[{"type": "function_call_output", "call_id": call.call_id, "output": "24C"}],
+                tools=[WEATHER],  # type: ignore[list-item]
+            ),
+        )
+        self.assertEqual(final.output_text, "It is sunny.")
+        self.assertEqual([o.type for o in final.output], ["message"])
+        self.assert_call_replayed(call.call_id)
+
+    async def test_streaming_function_call_round_trip(self) -> None:
+        url = await self.serve(
+            Reply(deltas=["Let me look."], tool_calls=[FakeToolCall("get_weather", PIECES)]),
+            CALL_THEN_ANSWER[1],
+        )
+
+        def call(c: openai.OpenAI) -> list[Any]:
+            return list(
+                c.responses.create(
+                    model="openclaw",
+                    input="Weather in Paris?",
+                    tools=[WEATHER],  # type: ignore[list-item]
+                    stream=True,
+                )
+            )
+
+        events = await self.sync(url, call)
+        self.assertEqual(
+            [e.type for e in events],
+            [
+                "response.created",
+                "response.in_progress",
+                "response.output_item.added",
+                "response.content_part.added",
+                "response.output_text.delta",
+                "response.output_text.done",
+                "response.content_part.done",
+                "response.output_item.done",
+                "response.output_item.added",
+                *["response.function_call_arguments.delta"] * len(PIECES),
+                "response.function_call_arguments.done",
+                "response.output_item.done",
+                "response.completed",
+            ],
+        )
+        self.assertEqual([e.sequence_number for e in events], list(range(len(events))))
+        added = events[8].item
+        assert added.type == "function_call"
+        self.assertEqual(
+            (added.name, added.arguments, events[8].output_index), ("get_weather", "", 1)
+        )
+        deltas = [e for e in events if e.type == "response.function_call_arguments.delta"]
+        self.assertEqual([d.delta for d in deltas], PIECES)
+        self.assertTrue(all((d.item_id, d.output_index) == (added.id, 1) for d in deltas))
+        self.assertEqual(events[-3].arguments, "".join(PIECES))
+        done = events[-2].item
+        self.assertEqual(
+            (done.id, done.status, done.arguments), (added.id, "completed", "".join(PIECES))
+        )
+        response = events[-1].response
+        self.assertEqual(response.status, "completed")
+        self.assertEqual([o.type for o in response.output], ["message", "function_call"])
+        self.assertEqual(response.output_text, "Let me look.")
+
+        def follow_up(c: openai.OpenAI) -> list[Any]:
+            return list(
+                c.responses.create(
+                    model="openclaw",
+                    previous_response_id=response.id,
+                    input=[
+                        {"type": "function_call_output", "call_id": done.call_id, "output": "24C"}
+                    ],
+                    tools=[WEATHER],  # type: ignore[list-item]
+                    stream=True,
+                )
+            )
+
+        events = await self.sync(url, follow_up)
+        self.assertEqual(events[-1].response.output_text, "It is sunny.")
+        self.assert_call_replayed(done.call_id)
+
+    async def test_stateless_input_items_are_real_turns(self) -> None:
+        """Without a session, the client sends the call and its output as input items."""
+        url = await self.serve(CALL_THEN_ANSWER[1])
+        items = [
+            {"role": "user", "content": "Weather in Paris?"},
+            {
+                "type": "function_call",
+                "call_id": "call_1",
+                "name": "get_weather",
+                "arguments": "{}",
+            },
+            {"type": "function_call_output", "call_id": "call_1", "output": "24C"},
+        ]
+        final = await self.sync(
+            url,
+            lambda c: c.responses.create(
+                model="openclaw",
+                input=items,
+                tools=[WEATHER],
+                store=False,  # type: ignore[arg-type,list-item]
+            ),
+        )
+        self.assertEqual(final.output_text, "It is sunny.")
+        self.assert_call_replayed("call_1")
+        with self.assertRaises(openai.BadRequestError) as caught:
+            await self.sync(
+                url,
+                lambda c: c.responses.create(
+                    model="openclaw",
+                    input=items[2:],
+                    tools=[WEATHER],
+                    store=False,  # type: ignore[arg-type,list-item]
+                ),
+            )
+        self.assertIn("no `function_call` item before it", caught.exception.message)
+
+    def assert_call_replayed(self, call_id: str) -> None:
+        """The last upstream request had the call and its result as real turns."""
+        msgs = self.upstream.requests[-1].json["messages"]
+        (made,) = [m for m in msgs if m.get("tool_calls")]
+        self.assertEqual(made["tool_calls"][0]["id"], call_id)
+        self.assertEqual(made["tool_calls"][0]["function"]["name"], "get_weather")
+        (result,) = [m for m in msgs if m["role"] == "tool"]
+        self.assertEqual((result["tool_call_id"], result["content"]), (call_id, "24C"))
+        self.assertEqual(json.dumps(msgs).count("Weather in Paris?"), 1)
+        self.assertNotIn("[Chat messages", json.dumps(msgs))
 
     async def test_upstream_failure_before_streaming_is_http_error(self) -> None:
         url = await self.serve(Reply(status=429, retry_after="3"))
