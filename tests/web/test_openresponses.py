@@ -9,11 +9,11 @@ from twisted.trial.unittest import SynchronousTestCase
 from openclaw_twisted import parse_config
 from openclaw_twisted.agents.roster import Roster
 from openclaw_twisted.config import ChatCompletionsConfig
+from openclaw_twisted.providers.interface import Message, NamedTool, ToolCall, ToolSpec
 from openclaw_twisted.web.chat import HISTORY_HEADER, InvalidRequest
 from openclaw_twisted.web.openresponses import (
     INVALID_INPUT_IMAGE,
     MISSING_INPUT,
-    TOOLS_UNSUPPORTED,
     PreviousResponse,
     ResponseIds,
     ResponsesRequest,
@@ -74,17 +74,29 @@ class ParseTests(SynchronousTestCase):
             }
         )
         self.assertEqual(req.run.extra_system_prompt, "Be brief.\n\nSpeak French.")
+        # The call and its output are real turns, the call joined to the assistant's text.
         self.assertEqual(
-            req.run.message.splitlines(),
-            [
-                HISTORY_HEADER,
-                "User: q1",
-                "Assistant: a1",
-                "",
-                "[Current message - respond to this]",
-                "Tool:c1: 42",
-            ],
+            req.run.conversation,
+            (
+                Message("user", "q1"),
+                Message("assistant", "a1", tool_calls=(ToolCall("c1", "f", "{}"),)),
+                Message.result("c1", "42"),
+            ),
         )
+        self.assertEqual(req.run.message, "q1")
+
+    def test_messages_alone_are_flattened(self) -> None:
+        req = parse(
+            {
+                "input": [
+                    {"role": "user", "content": "q1"},
+                    {"role": "assistant", "content": "a1"},
+                    {"role": "user", "content": "q2"},
+                ]
+            }
+        )
+        self.assertIsNone(req.run.conversation)
+        self.assertEqual(req.run.message.splitlines()[:2], [HISTORY_HEADER, "User: q1"])
 
     def test_input_image_as_data_uri_and_as_source(self) -> None:
         req = parse(
@@ -147,14 +159,56 @@ class ParseTests(SynchronousTestCase):
             self.assertIn(message, e.message, value)
             self.assertEqual(e.param, "input")
 
-    def test_tools_are_refused_for_now(self) -> None:
-        e = self.refused({"input": "hi", "tools": [{"type": "function", "name": "f"}]})
-        self.assertEqual((e.message, e.param), (TOOLS_UNSUPPORTED, "tools"))
+    def test_function_tools_are_flat(self) -> None:
+        tool = {"type": "function", "name": "f", "parameters": {"type": "object"}}
+        req = parse(
+            {
+                "input": "hi",
+                "tools": [tool, {"type": "function", "name": "g", "strict": True}],
+                "tool_choice": {"type": "function", "name": "g"},
+                "parallel_tool_calls": False,
+            }
+        )
+        self.assertEqual(
+            req.run.tools,
+            (ToolSpec("f", None, {"type": "object"}), ToolSpec("g", strict=True)),
+        )
+        self.assertEqual(req.run.tool_choice, NamedTool("g"))
+        self.assertIs(req.run.parallel_tool_calls, False)
+        self.assertFalse(req.parallel_tool_calls)
+        self.assertEqual(req.run.conversation, (Message("user", "hi"),))
         parse({"input": "hi", "tools": [], "tool_choice": "none"})
-        e = self.refused({"input": "hi", "tool_choice": "required"})
-        self.assertEqual(e.param, "tool_choice")
-        e = self.refused({"input": "hi", "tools": "all"})
-        self.assertEqual(e.param, "tools")
+
+    def test_bad_tools_name_their_field(self) -> None:
+        f = {"type": "function", "name": "f"}
+        for body, param in [
+            ({"tools": "all"}, "tools"),
+            ({"tools": [{"type": "web_search_preview"}]}, "tools[0].type"),
+            ({"tools": [f, {"type": "function", "function": {"name": "g"}}]}, "tools[1].name"),
+            ({"tools": [f, f]}, "tools[1].name"),
+            ({"tools": [{**f, "description": 1}]}, "tools[0].description"),
+            ({"tool_choice": "required"}, "tool_choice"),
+            ({"tools": [f], "tool_choice": {"type": "function", "name": "g"}}, "tool_choice"),
+            ({"tools": [f], "tool_choice": "sometimes"}, "tool_choice"),
+            ({"tools": [f], "parallel_tool_calls": "yes"}, "parallel_tool_calls"),
+        ]:
+            e = self.refused({"input": "hi", **body})
+            self.assertEqual(e.param, param, body)
+
+    def test_bad_tool_items(self) -> None:
+        call = {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"}
+        for items, said in [
+            ([{**call, "arguments": {}}], "needs string `call_id`"),
+            ([{"type": "function_call_output", "output": "x"}], "`input[1].call_id`"),
+        ]:
+            e = self.refused({"input": [{"role": "user", "content": "q"}, *items]})
+            self.assertEqual(e.param, "input")
+            self.assertIn(said, e.message)
+        # Stateless: an output must follow its call in the same input.
+        answer = {"type": "function_call_output", "call_id": "c1", "output": "42"}
+        e = self.refused({"store": False, "input": [{"role": "user", "content": "q"}, answer]})
+        self.assertIn("no `function_call` item before it", e.message)
+        parse({"store": False, "input": [{"role": "user", "content": "q"}, call, answer]})
 
     def test_sampling(self) -> None:
         req = parse({"input": "hi", "max_output_tokens": 64, "temperature": 0.5, "top_p": 1})
