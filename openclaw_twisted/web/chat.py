@@ -277,7 +277,34 @@ def parse_tools(
     body: Mapping[str, Any],
 ) -> tuple[tuple[ToolSpec, ...], ToolChoice | None, bool | None]:
     """``tools``, ``tool_choice`` and ``parallel_tool_calls``, validated (OpenAI's rules)."""
-    raw = body.get("tools")
+    specs = parse_tool_list(body.get("tools"), _nested_function)
+    choice = _tool_choice(body.get("tool_choice"), specs)
+    parallel = body.get("parallel_tool_calls")
+    if parallel is not None and not isinstance(parallel, bool):
+        raise InvalidRequest(
+            "`parallel_tool_calls` must be a boolean.", "parallel_tool_calls", "invalid_type"
+        )
+    return tuple(specs), choice, parallel if specs else None
+
+
+def _nested_function(tool: dict[str, Any], where: str) -> tuple[Mapping[str, Any], str]:
+    """Chat completions' shape: the function's fields under ``function``."""
+    fn = tool.get("function")
+    if not isinstance(fn, dict):
+        raise InvalidRequest(
+            f"`{where}.function` must be an object.", f"{where}.function", "invalid_type"
+        )
+    return fn, f"{where}.function"
+
+
+def parse_tool_list(
+    raw: Any, function_of: Callable[[dict[str, Any], str], tuple[Mapping[str, Any], str]]
+) -> list[ToolSpec]:
+    """
+    A ``tools`` array of function tools, validated by OpenAI's rules. ``function_of(tool,
+    where)`` finds a tool's function fields and the request path they are at: under
+    ``function`` (chat completions) or flat on the tool (the Responses API).
+    """
     if raw is None:
         raw = []
     if not isinstance(raw, list):
@@ -295,43 +322,31 @@ def parse_tools(
             raise InvalidRequest(f"`{where}` must be an object.", where, "invalid_type")
         kind = tool.get("type")
         if kind != "function":
-            shown = f"'{kind}'" if isinstance(kind, str) else "missing"
+            shown = f"'{kind}'" if isinstance(kind, str) and len(kind) <= 64 else "missing"
             raise InvalidRequest(
                 f"`{where}.type` is {shown}; only 'function' tools are supported.",
                 f"{where}.type",
                 "invalid_value",
             )
-        fn = tool.get("function")
-        if not isinstance(fn, dict):
-            raise InvalidRequest(
-                f"`{where}.function` must be an object.", f"{where}.function", "invalid_type"
-            )
+        fn, at = function_of(tool, where)
         name = fn.get("name")
         if not isinstance(name, str) or not _TOOL_NAME.fullmatch(name):
             raise InvalidRequest(
-                f"`{where}.function.name` must be 1 to 64 letters, digits, '_' or '-'.",
-                f"{where}.function.name",
+                f"`{at}.name` must be 1 to 64 letters, digits, '_' or '-'.",
+                f"{at}.name",
                 "invalid_value",
             )
         if any(s.name == name for s in specs):
             raise InvalidRequest(
-                f"`{where}.function.name`: the function '{name}' is given twice.",
-                f"{where}.function.name",
-                "invalid_value",
+                f"`{at}.name`: the function '{name}' is given twice.", f"{at}.name", "invalid_value"
             )
-        for key, kind, what in _FUNCTION_FIELDS:
+        for key, kind_, what in _FUNCTION_FIELDS:
             value = fn.get(key)
-            if value is not None and not isinstance(value, kind):
-                field = f"{where}.function.{key}"
+            if value is not None and not isinstance(value, kind_):
+                field = f"{at}.{key}"
                 raise InvalidRequest(f"`{field}` must be {what}.", field, "invalid_type")
         specs.append(ToolSpec(name, fn.get("description"), fn.get("parameters"), fn.get("strict")))
-    choice = _tool_choice(body.get("tool_choice"), specs)
-    parallel = body.get("parallel_tool_calls")
-    if parallel is not None and not isinstance(parallel, bool):
-        raise InvalidRequest(
-            "`parallel_tool_calls` must be a boolean.", "parallel_tool_calls", "invalid_type"
-        )
-    return tuple(specs), choice, parallel if specs else None
+    return specs
 
 
 def _tool_choice(value: Any, specs: list[ToolSpec]) -> ToolChoice | None:

@@ -15,11 +15,8 @@ from ..agents.store import USER_MAX_CHARS, session_key_error
 from ..config import ChatCompletionsConfig
 from ..providers.interface import Message, NamedTool, Sampling, ToolChoice, ToolSpec
 from .chat import (
-    _FUNCTION_FIELDS,
-    _TOOL_NAME,
     INVALID_IMAGE,
     MAX_TOKENS,
-    MAX_TOOLS,
     MISSING_USER_MESSAGE,
     InvalidRequest,
     _integer,
@@ -27,6 +24,7 @@ from .chat import (
     _number,
     build_conversation,
     build_prompt,
+    parse_tool_list,
 )
 
 MISSING_INPUT = "Missing user message in `input`."
@@ -240,51 +238,7 @@ def parse_function_tools(
     (a function's fields flat on the tool, not under ``function``), validated by chat
     completions' rules.
     """
-    raw = body.get("tools")
-    if raw is None:
-        raw = []
-    if not isinstance(raw, list):
-        raise InvalidRequest("`tools` must be an array.", "tools", "invalid_type")
-    if len(raw) > MAX_TOOLS:
-        raise InvalidRequest(
-            f"`tools` has {len(raw)} entries; at most {MAX_TOOLS} are allowed.",
-            "tools",
-            "invalid_value",
-        )
-    specs: list[ToolSpec] = []
-    for i, tool in enumerate(raw):
-        where = f"tools[{i}]"
-        if not isinstance(tool, dict):
-            raise InvalidRequest(f"`{where}` must be an object.", where, "invalid_type")
-        kind = tool.get("type")
-        if kind != "function":
-            shown = f"'{kind}'" if isinstance(kind, str) and len(kind) <= 64 else "missing"
-            raise InvalidRequest(
-                f"`{where}.type` is {shown}; only 'function' tools are supported.",
-                f"{where}.type",
-                "invalid_value",
-            )
-        name = tool.get("name")
-        if not isinstance(name, str) or not _TOOL_NAME.fullmatch(name):
-            raise InvalidRequest(
-                f"`{where}.name` must be 1 to 64 letters, digits, '_' or '-'.",
-                f"{where}.name",
-                "invalid_value",
-            )
-        if any(s.name == name for s in specs):
-            raise InvalidRequest(
-                f"`{where}.name`: the function '{name}' is given twice.",
-                f"{where}.name",
-                "invalid_value",
-            )
-        for key, type_, what in _FUNCTION_FIELDS:
-            value = tool.get(key)
-            if value is not None and not isinstance(value, type_):
-                field = f"{where}.{key}"
-                raise InvalidRequest(f"`{field}` must be {what}.", field, "invalid_type")
-        specs.append(
-            ToolSpec(name, tool.get("description"), tool.get("parameters"), tool.get("strict"))
-        )
+    specs = parse_tool_list(body.get("tools"), lambda tool, where: (tool, where))
     choice = _tool_choice(body.get("tool_choice"), specs)
     parallel = _flag(body, "parallel_tool_calls", True) if "parallel_tool_calls" in body else None
     return tuple(specs), choice, parallel if specs else None
