@@ -349,15 +349,27 @@ def parse_tool_list(
     return specs
 
 
+def keyword_tool_choice(value: Any, specs: list[ToolSpec]) -> ToolChoice | None:
+    """
+    ``tool_choice`` ``auto``/``none``/``required`` (both APIs spell them alike): ``None``
+    without tools, and ``required`` without tools is a 400. ``None`` is the caller's for
+    anything else.
+    """
+    if value not in ("auto", "none", "required"):
+        return None
+    if value == "required" and not specs:
+        raise InvalidRequest(
+            "`tool_choice` 'required' needs `tools`.", "tool_choice", "invalid_value"
+        )
+    choice: ToolChoice | None = value if specs else None
+    return choice
+
+
 def _tool_choice(value: Any, specs: list[ToolSpec]) -> ToolChoice | None:
     if value is None:
         return None
     if value in ("auto", "none", "required"):
-        if value == "required" and not specs:
-            raise InvalidRequest(
-                "`tool_choice` 'required' needs `tools`.", "tool_choice", "invalid_value"
-            )
-        return value if specs else None
+        return keyword_tool_choice(value, specs)
     if isinstance(value, dict):
         kind = value.get("type")
         if kind in ("allowed_tools", "custom"):

@@ -24,6 +24,7 @@ from .chat import (
     _number,
     build_conversation,
     build_prompt,
+    keyword_tool_choice,
     parse_tool_list,
 )
 
@@ -248,11 +249,7 @@ def _tool_choice(value: Any, specs: list[ToolSpec]) -> ToolChoice | None:
     if value is None:
         return None
     if value in ("auto", "none", "required"):
-        if value == "required" and not specs:
-            raise InvalidRequest(
-                "`tool_choice` 'required' needs `tools`.", "tool_choice", "invalid_value"
-            )
-        return value if specs else None
+        return keyword_tool_choice(value, specs)
     if isinstance(value, dict) and value.get("type") == "function":
         name = value.get("name")
         if isinstance(name, str) and any(s.name == name for s in specs):
