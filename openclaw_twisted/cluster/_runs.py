@@ -13,21 +13,37 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ..agents.events import FINAL_EVENTS, RunEvent, RunResult, TextDelta, to_json
+from ..agents.events import FINAL_EVENTS, RunEvent, RunFailed, TextDelta, to_json
 from ..agents.runner import AgentRunner, Run
-from ._bus import IEventBus
-from ._client import IRedis
+from ._bus import IEventBus, encode
+from ._client import Arg, IRedis
 
 log = Logger()
 
 #: The bus channel every gateway of one Redis publishes its runs' events and aborts on.
 CHANNEL = "openclaw:runs"
-#: The shortest time between two ``assistant`` events of one run on the bus (the deltas in
-#: between go as one): what a WebSocket observer gets on the run's own gateway too.
+#: How long a run's events wait to be published: those of one interval go in one Redis
+#: command, the ``assistant`` deltas among them merged into one event (what a WebSocket
+#: observer gets on the run's own gateway too); the final event goes at once.
 PUBLISH_INTERVAL = 0.150
 #: How long a run's registry entry lasts while it runs (renewed at its start, dropped to
 #: ``ENDED_TTL`` at its end) and after, for ``agent.wait``; seconds.
 RUNNING_TTL, ENDED_TTL = 3600, 600
+# A run's registry entry and its events held back go to Redis in one command (the entry is
+# ARGV[1] with a TTL of ARGV[2] seconds, each later ARGV one message on KEYS[2]).
+_ENTER = """
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+for i = 3, #ARGV do
+  redis.call('PUBLISH', KEYS[2], ARGV[i])
+end
+return 0
+"""
+_PUBLISH = """
+for i = 3, #ARGV do
+  redis.call('PUBLISH', KEYS[2], ARGV[i])
+end
+return 0
+"""
 #: How long ``chat.abort`` waits for the other gateways to say which runs they stopped.
 ABORT_REPLY_SECONDS = 1.0
 
@@ -59,21 +75,50 @@ class _Ask:
     timer: IDelayedCall | None = None
 
 
-class _Watch:
-    """One run's deltas held back until the next publish."""
+class _Outbox:
+    """One run of this gateway: its registry entry, and its events not yet published."""
 
-    def __init__(self) -> None:
+    def __init__(self, entry: dict[str, Any]) -> None:
+        self.entry = entry
+        self.events: list[Mapping[str, Any]] = []
+        #: Deltas since the last event that was not one, and the latest of them.
         self.parts: list[str] = []
         self.latest: TextDelta | None = None
-        self.sent_at = float("-inf")
         self.timer: IDelayedCall | None = None
+
+    def close_delta(self, run_id: str) -> None:
+        """The deltas held back become one ``assistant`` event, before whatever comes next."""
+        latest = self.latest
+        if latest is None or not self.parts:
+            return
+        delta, self.parts = "".join(self.parts), []
+        payload = {
+            "runId": run_id,
+            "seq": latest.seq,
+            "ts": latest.ts,
+            "sessionKey": latest.session_key,
+            "stream": "assistant",
+            "data": {"delta": delta},
+        }
+        self.events.append(payload)
+
+    def take(self, run_id: str) -> list[Mapping[str, Any]]:
+        """Every event held back, in order, and none held any more."""
+        self.close_delta(run_id)
+        events, self.events = self.events, []
+        return events
+
+    def cancel(self) -> None:
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
 
 
 class ClusterRuns:
     """
     This gateway's part in the shared run registry.  Each run it starts is entered in Redis
     (``run id → gateway, session key``, with a TTL) and its events are published once on
-    L{CHANNEL} (``assistant`` deltas merged every L{PUBLISH_INTERVAL}); events from the other
+    L{CHANNEL} (batched every L{PUBLISH_INTERVAL}, ``assistant`` deltas merged); events from the other
     gateways go to ``relays`` (the WebSocket broadcast) and to ``agent.wait`` callers here.
     A gateway ignores its own messages, so nothing loops.  ``chat.abort`` on any gateway
     reaches the run wherever it runs: an abort request on the bus, answered by each gateway
@@ -95,7 +140,7 @@ class ClusterRuns:
         self.prefix = prefix
         self.runner: AgentRunner | None = None
         self.relays: list[Relay] = []
-        self._watches: dict[str, _Watch] = {}
+        self._outboxes: dict[str, _Outbox] = {}
         self._waiters: dict[str, list[Deferred[Mapping[str, Any]]]] = {}
         self._asks: dict[str, _Ask] = {}
 
@@ -127,74 +172,76 @@ class ClusterRuns:
     def _started(self, run: Run) -> None:
         entry = {"gateway": self.gateway_id, "sessionKey": run.session_key}
         entry["acceptedAt"] = self._now_ms()  # type: ignore[assignment]
-        self._write(run.run_id, entry, RUNNING_TTL)
-
-        def ended(result: RunResult) -> None:
-            outcome: dict[str, Any] = (
-                {"error": result.error.to_json()}
-                if result.error is not None
-                else {"stopReason": result.stop_reason}
-            )
-            self._write(
-                run.run_id, {**entry, "endedAt": self._now_ms(), "outcome": outcome}, ENDED_TTL
-            )
-
-        run.wait().addCallback(ended)
-
-    def _write(self, run_id: str, entry: Mapping[str, Any], ttl: int) -> None:
-        d = self.redis.execute("SET", self._key(run_id), json.dumps(entry), "EX", ttl)
-        d.addErrback(
-            lambda f: log.warn("run {run_id} not entered: {why}", run_id=run_id, why=f.value)
-        )
+        self._outboxes[run.run_id] = _Outbox(entry)
+        # Written at once, alone, so ``agent.wait`` on any gateway finds the run as soon as it
+        # is accepted; its events follow, batched.
+        self._script(_ENTER, run.run_id, entry, RUNNING_TTL, [])
 
     def observe(self, run: Run, event: RunEvent) -> None:
-        """A runner listener: this gateway's run events, on the bus once (deltas merged)."""
-        run_id = run.run_id
+        """
+        A runner listener: this gateway's run events, on the bus once.  They are held for up
+        to L{PUBLISH_INTERVAL} and sent together, ``assistant`` deltas in between merged into
+        one event, in one script with nothing else (a short turn's events all go with its end,
+        beside the registry entry's last write: two Redis commands a run in all).
+        """
+        outbox = self._outboxes.get(run.run_id)
+        if outbox is None:
+            return  # not entered here (a listener attached mid-run)
         if isinstance(event, TextDelta):
-            watch = self._watches.get(run_id)
-            if watch is None:
-                watch = self._watches[run_id] = _Watch()
-            watch.parts.append(event.delta)
-            watch.latest = event
-            if watch.timer is None:
-                due = watch.sent_at + PUBLISH_INTERVAL - self.clock.seconds()
-                if due <= 0:
-                    self._flush(run_id, watch)
-                else:
-                    watch.timer = self.clock.callLater(due, self._flush, run_id, watch)
-            return
+            outbox.parts.append(event.delta)
+            outbox.latest = event
+        else:
+            outbox.close_delta(run.run_id)
+            outbox.events.append(to_json(event))
         if isinstance(event, FINAL_EVENTS):
-            watch = self._watches.pop(run_id, None)
-            if watch is not None:
-                self._flush(run_id, watch)
-        self._publish({"t": "event", "p": to_json(event)})
+            del self._outboxes[run.run_id]
+            outbox.cancel()
+            outcome: dict[str, Any] = (
+                {"error": event.error.to_json()}
+                if isinstance(event, RunFailed)
+                else {"stopReason": event.stop_reason}
+            )
+            ended = {**outbox.entry, "endedAt": self._now_ms(), "outcome": outcome}
+            self._script(_ENTER, run.run_id, ended, ENDED_TTL, outbox.take(run.run_id))
+        elif outbox.timer is None:
+            outbox.timer = self.clock.callLater(PUBLISH_INTERVAL, self._flush, run.run_id)
 
-    def _flush(self, run_id: str, watch: _Watch) -> None:
-        if watch.timer is not None and watch.timer.active():
-            watch.timer.cancel()
-        watch.timer = None
-        latest = watch.latest
-        if latest is None or not watch.parts:
+    def _flush(self, run_id: str) -> None:
+        outbox = self._outboxes.get(run_id)
+        if outbox is None:
             return
-        watch.sent_at = self.clock.seconds()
-        delta, watch.parts = "".join(watch.parts), []
-        payload = {
-            "runId": run_id,
-            "seq": latest.seq,
-            "ts": latest.ts,
-            "sessionKey": latest.session_key,
-            "stream": "assistant",
-            "data": {"delta": delta},
-        }
-        self._publish({"t": "event", "p": payload})
+        outbox.timer = None
+        events = outbox.take(run_id)
+        if events:
+            self._script(_PUBLISH, run_id, None, 0, events)
+
+    def _script(
+        self,
+        script: str,
+        run_id: str,
+        entry: Mapping[str, Any] | None,
+        ttl: int,
+        events: list[Mapping[str, Any]],
+    ) -> None:
+        keys = [self._key(run_id), CHANNEL]
+        head: list[Arg] = [json.dumps(entry), ttl] if entry is not None else ["", 0]
+        messages = (encode({"t": "event", "p": e, "gw": self.gateway_id}) for e in events)
+        d = self.redis.eval(script, keys, [*head, *messages])
+        # Best effort, as the local broadcast: the transcript keeps what must not be lost.
+        d.addErrback(
+            lambda f: log.warn(
+                "run {run_id}: not entered or events not published: {why}",
+                run_id=run_id,
+                why=f.value,
+            )
+        )
 
     def _publish(self, message: dict[str, Any]) -> Deferred[int]:
         message["gw"] = self.gateway_id
         d = self.bus.publish(CHANNEL, message)
 
         def lost(f: Failure) -> int:
-            # Best effort, as the local broadcast: the transcript keeps what must not be lost.
-            log.warn("a run event was not published: {why}", why=f.value)
+            log.warn("a message to the other gateways was not published: {why}", why=f.value)
             return 0
 
         return d.addErrback(lost)
