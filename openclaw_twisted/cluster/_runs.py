@@ -118,11 +118,11 @@ class ClusterRuns:
     """
     This gateway's part in the shared run registry.  Each run it starts is entered in Redis
     (``run id → gateway, session key``, with a TTL) and its events are published once on
-    L{CHANNEL} (batched every L{PUBLISH_INTERVAL}, ``assistant`` deltas merged); events from the other
-    gateways go to ``relays`` (the WebSocket broadcast) and to ``agent.wait`` callers here.
-    A gateway ignores its own messages, so nothing loops.  ``chat.abort`` on any gateway
-    reaches the run wherever it runs: an abort request on the bus, answered by each gateway
-    with the runs it stopped.
+    L{CHANNEL} (batched every L{PUBLISH_INTERVAL}, ``assistant`` deltas merged); events from
+    the other gateways go to ``relays`` (the WebSocket broadcast) and to ``agent.wait``
+    callers here.  A gateway ignores its own messages, so nothing loops.  ``chat.abort`` on
+    any gateway reaches the run wherever it runs: an abort request on the bus, answered by
+    each gateway with the runs it stopped.
     """
 
     def __init__(

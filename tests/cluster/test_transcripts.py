@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from twisted.internet.defer import gatherResults
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.trial.unittest import TestCase
 
-from openclaw_twisted.cluster import RedisTranscripts
+from openclaw_twisted.cluster import RedisClient, RedisTranscripts
 
 from ..redis_support import connect, start_redis
 
@@ -56,3 +60,85 @@ class TranscriptTests(TestCase):
         problem = await RedisTranscripts(await connect(self, server)).durability()
         assert problem is not None
         self.assertIn("--appendonly yes --appendfsync always", problem)
+
+
+@attrs.define
+class Counting:
+    """The real client, counting the transcript rows Redis sends back to tail reads."""
+
+    client: RedisClient
+    rows: list[int] = attrs.Factory(list)
+
+    def execute(self, *args: Any) -> Deferred[Any]:
+        return self.client.execute(*args)
+
+    def eval(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> Deferred[Any]:
+        d = self.client.eval(script, keys, args)
+        if "LRANGE" in script:
+
+            def count(reply: list[Any]) -> list[Any]:
+                self.rows.append(len(reply[-1]))
+                return reply
+
+            d.addCallback(count)
+        return d
+
+    def close(self) -> Deferred[None]:
+        return self.client.close()
+
+
+class TailCacheTests(TestCase):
+    """A gateway reads again only what was appended since it last looked."""
+
+    timeout = 30
+
+    async def test_a_reader_fetches_only_what_it_has_not_seen(self) -> None:
+        server = start_redis(self)
+        counting = Counting(await connect(self, server))
+        mine = RedisTranscripts(counting)
+        other = RedisTranscripts(await connect(self, server))
+        for n in range(10):
+            await other.append("main", "s1", turn(n, 100 + n))
+        self.assertEqual(
+            await mine.tail("main", "s1", 8), [r for n in (6, 7, 8, 9) for r in turn(n, 100 + n)]
+        )
+        self.assertEqual(counting.rows, [8])
+        # Its own append is known without asking again; another's is fetched, and only it.
+        await mine.append("main", "s1", turn(10, 200))
+        self.assertEqual((await mine.tail("main", "s1", 8))[-2:], turn(10, 200))
+        await other.append("main", "s1", turn(11, 300))
+        self.assertEqual((await mine.tail("main", "s1", 8))[-4:], turn(10, 200) + turn(11, 300))
+        self.assertEqual(counting.rows, [8, 0, 2])
+        # Asking for more than it holds reads the longer tail (from the list, in order).
+        everything = (
+            [r for n in range(10) for r in turn(n, 100 + n)] + turn(10, 200) + turn(11, 300)
+        )
+        self.assertEqual(await mine.tail("main", "s1", 100), everything)
+
+    async def test_a_list_replaced_behind_the_cache_is_read_afresh(self) -> None:
+        server = start_redis(self)
+        client = await connect(self, server)
+        mine = RedisTranscripts(client)
+        await mine.append("main", "s1", turn(0, 100) + turn(1, 200))
+        self.assertEqual(len(await mine.tail("main", "s1", 10)), 4)
+        # Deleted by hand and grown again past the length the reader knew.
+        await client.execute("DEL", mine._key("transcript", "main", "s1"))
+        other = RedisTranscripts(await connect(self, server))
+        fresh = [r for n in range(5) for r in turn(n, 900 + n)]
+        await other.append("main", "s1", fresh)
+        self.assertEqual(await mine.tail("main", "s1", 10), fresh)
+        # And shrunk below it.
+        await client.execute("DEL", mine._key("transcript", "main", "s1"))
+        await other.append("main", "s1", turn(7, 5))
+        self.assertEqual(await mine.tail("main", "s1", 10), turn(7, 5))
+
+    async def test_the_cache_is_bounded(self) -> None:
+        server = start_redis(self)
+        mine = RedisTranscripts(await connect(self, server), cache_bytes=2_000)
+        for n in range(20):
+            await mine.append("main", f"s{n}", turn(n, n))
+            await mine.tail("main", f"s{n}", 10)
+        self.assertLessEqual(mine._cached_bytes, 2_000)
+        self.assertEqual(mine._cached_bytes, sum(t.held for t in mine._cache.values()))
+        # Sessions dropped from the cache are still read in full.
+        self.assertEqual(await mine.tail("main", "s0", 10), turn(0, 0))
