@@ -98,8 +98,9 @@ def percentiles(values: list[float]) -> dict[str, float]:
 class Stream:
     """One ``tick`` stream: checks that deltas arrive complete and in order, times each one."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, request: bytes) -> None:
         self.sock = sock
+        self.request = request
         self.response = Response()
         self.sse = b""
         self.next = 0
@@ -133,9 +134,14 @@ class Stream:
 
 
 def streams(options: dict[str, Any]) -> dict[str, Any]:
-    """Open ``streams`` tick streams, ``ramp`` a second, and follow them all to their end."""
+    """
+    Open ``streams`` tick streams, ``ramp`` a second, and follow them all to their end: to
+    ``port``, or round robin over ``ports`` (several gateways, figures for them all at once).
+    """
     total, ramp = options["streams"], options["ramp"]
-    request = request_bytes(options, options["body"])
+    ports = options.get("ports") or [options["port"]]
+    requests = [request_bytes(dict(options, port=port), options["body"]) for port in ports]
+    per_port: Counter[int] = Counter()
     poll = select.epoll()
     live: dict[int, Stream] = {}
     connecting: dict[int, Stream] = {}
@@ -145,11 +151,12 @@ def streams(options: dict[str, Any]) -> dict[str, Any]:
     opened = 0
     while (opened < total or live or connecting) and time.monotonic() - start < options["timeout"]:
         due = min(total, int((time.monotonic() - start) * ramp) + 1)
-        for _ in range(opened, due):
+        for i in range(opened, due):
             sock = socket.socket()
             sock.setblocking(False)
-            sock.connect_ex((options["host"], options["port"]))
-            connecting[sock.fileno()] = Stream(sock)
+            sock.connect_ex((options["host"], ports[i % len(ports)]))
+            per_port[ports[i % len(ports)]] += 1
+            connecting[sock.fileno()] = Stream(sock, requests[i % len(ports)])
             poll.register(sock.fileno(), select.EPOLLOUT)
         opened = due
         events = poll.poll(0.001 if opened < total else 0.1)
@@ -159,7 +166,7 @@ def streams(options: dict[str, Any]) -> dict[str, Any]:
                 stream = live[fd] = connecting.pop(fd)
                 error = stream.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                 if not error:
-                    stream.sock.send(request)  # small: fits in an empty socket buffer
+                    stream.sock.send(stream.request)  # small: fits in an empty socket buffer
                     poll.modify(fd, select.EPOLLIN)
                     continue
                 data = b""
@@ -177,6 +184,7 @@ def streams(options: dict[str, Any]) -> dict[str, Any]:
     results["timeout"] += len(live) + len(connecting) + total - opened
     return {
         "streams": total,
+        "per_port": {str(port): n for port, n in per_port.items()},
         "results": {k: v for k, v in results.items() if v},
         "chunks": len(delays),
         "delay_ms": percentiles(delays),
