@@ -6,6 +6,8 @@ scenarios of issue 6 against them in one run, and print the figures, their targe
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import http.client
 import json
 import math
@@ -14,6 +16,8 @@ import platform
 import re
 import resource
 import shutil
+import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -66,11 +70,84 @@ def raise_nofile() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-class Proc:
-    """A server child process that prints its port; RSS and CPU from ``/proc``."""
+def descendants(pid: int) -> list[int]:
+    """
+    ``pid``'s children, their children and so on (``gateway --workers N``'s workers), from
+    ``/proc/<pid>/task/<tid>/children``; a process that is gone has none.
+    """
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            tasks = list(Path(f"/proc/{parent}/task").iterdir())
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                kids = [int(k) for k in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            found += kids
+            todo += kids
+    return found
+
+
+def _cpu(pid: int) -> float:
+    """CPU seconds of ``pid`` and of the children it has waited for (a restarted worker's)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0  # gone between listing and reading
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def _status(pid: int, key: str) -> int:
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    m = re.search(rf"^{key}:\s+(\d+) kB", text, re.M)
+    return int(m.group(1)) * KIB if m else 0
+
+
+class Watched:
+    """
+    A process whose RSS and CPU the bench reads from ``/proc``: summed over it and its
+    descendants, so ``gateway --workers N`` (a supervisor and N workers) counts as one server.
+    """
+
+    def __init__(self, name: str, pid: int) -> None:
+        self.name = name
+        self.pid = pid
+
+    def pids(self) -> list[int]:
+        return [self.pid, *descendants(self.pid)]
+
+    def status(self, key: str) -> int:
+        """A ``/proc/<pid>/status`` figure in bytes (VmRSS, VmHWM), summed over the processes."""
+        return sum(_status(pid, key) for pid in self.pids())
+
+    def reset_peak(self) -> None:
+        """Make VmHWM start again from the current RSS, in every process."""
+        for pid in self.pids():
+            with contextlib.suppress(OSError):  # gone meanwhile
+                Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+    def cpu_by_pid(self) -> dict[int, float]:
+        return {pid: _cpu(pid) for pid in self.pids()}
+
+    def cpu(self) -> float:
+        return sum(self.cpu_by_pid().values())
+
+
+class Proc(Watched):
+    """A server child process that prints its port."""
+
+    #: VmRSS (summed over its processes) once ready and settled; set by ``start_gateway``.
+    idle = 0
 
     def __init__(self, name: str, argv: list[str], out: Path, ready: str, env: dict[str, str]):
-        self.name = name
         self.started = time.monotonic()
         self.popen = subprocess.Popen(
             argv,
@@ -80,7 +157,7 @@ class Proc:
             cwd=REPO,
             preexec_fn=raise_nofile,
         )
-        self.pid = self.popen.pid
+        super().__init__(name, self.popen.pid)
         log = (out / f"{name}.log").open("wb")
         assert self.popen.stdout is not None
         for line in self.popen.stdout:
@@ -98,51 +175,138 @@ class Proc:
             target=shutil.copyfileobj, args=(self.popen.stdout, log), daemon=True
         ).start()
 
-    def status(self, key: str) -> int:
-        """A ``/proc/<pid>/status`` figure in bytes (VmRSS, VmHWM)."""
-        text = Path(f"/proc/{self.pid}/status").read_text()
-        m = re.search(rf"^{key}:\s+(\d+) kB", text, re.M)
-        return int(m.group(1)) * KIB if m else 0
-
-    def reset_peak(self) -> None:
-        """Make VmHWM start again from the current RSS."""
-        Path(f"/proc/{self.pid}/clear_refs").write_text("5")
-
-    def cpu(self) -> float:
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
     def stop(self) -> None:
-        self.popen.terminate()
+        self.popen.terminate()  # a --workers supervisor passes it on to its workers
         try:
             self.popen.wait(15)
         except subprocess.TimeoutExpired:
+            stuck = descendants(self.pid)
             self.popen.kill()
             self.popen.wait()
+            for pid in stuck:  # workers a killed supervisor leaves behind
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
 
 
 class Sampler:
-    """The highest VmRSS of a process, sampled every 50 ms while a scenario runs."""
+    """
+    The highest VmRSS of some servers together (each summed over its processes), sampled every
+    50 ms while a scenario runs; at the end at least the sum of their VmHWMs (exact for one
+    process; an upper bound for several, which may peak at different moments).
+    """
 
-    def __init__(self, proc: Proc) -> None:
-        self.proc = proc
+    def __init__(self, *procs: Watched) -> None:
+        self.procs = procs
         self.peak = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def __enter__(self) -> Sampler:
-        self.proc.reset_peak()
+        for p in self.procs:
+            p.reset_peak()
         self._thread.start()
         return self
 
     def _run(self) -> None:
         while not self._stop.wait(0.05):
-            self.peak = max(self.peak, self.proc.status("VmRSS"))
+            self.peak = max(self.peak, sum(p.status("VmRSS") for p in self.procs))
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, self.proc.status("VmHWM"))
+        self.peak = max(self.peak, sum(p.status("VmHWM") for p in self.procs))
+
+
+class Redis(Watched):
+    """Debian's ``redis-server`` on a free port, durable (AOF, fsync on every write)."""
+
+    def __init__(self, directory: Path) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port: int = s.getsockname()[1]
+        directory.mkdir(exist_ok=True)
+        argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        argv += ["--appendonly", "yes", "--appendfsync", "always", "--dir", str(directory)]
+        argv += ["--logfile", "redis.log"]
+        self.popen = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        super().__init__("redis", self.popen.pid)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as c:
+                    c.sendall(b"PING\r\n")
+                    if c.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                time.sleep(0.01)
+        self.popen.kill()
+        raise SystemExit("bench: redis-server did not start")
+
+    def stop(self) -> None:
+        self.popen.terminate()
+        self.popen.wait(10)
+
+
+@attrs.frozen
+class Usage:
+    """The CPU seconds one measurement took, process by process, and what the cores had."""
+
+    wall: float
+    cores: int
+    loadgen: float
+    used: dict[str, float]
+
+    def share(self) -> str:
+        """Each one's share of the cores' time, and what was left (idle or other processes)."""
+        have = self.wall * self.cores
+        parts = [*self.used.items(), ("load generator", self.loadgen)]
+        rest = have - sum(cpu for _, cpu in parts)
+        return ", ".join(f"{name} {cpu / have:.0%}" for name, cpu in parts) + (
+            f", idle or other processes {rest / have:.0%} of {self.cores} cores"
+        )
+
+
+@attrs.frozen
+class Loop:
+    """A closed-loop figure (``spread_loop``'s dict) and the label it was measured under."""
+
+    result: dict[str, float]
+    label: str
+
+
+@attrs.frozen
+class FanOut:
+    """Scenario 4 through some gateways: the stream client's figures and the servers' RSS."""
+
+    result: dict[str, Any]
+    peak: int
+    idle: int
+    streams: int
+    options: dict[str, Any]
+    label: str
+
+    @property
+    def ok(self) -> int:
+        ok: int = self.result["results"].get("ok", 0)
+        return ok
+
+    @property
+    def p99(self) -> float:
+        p99: float = self.result["delay_ms"]["p99"]
+        return p99
+
+    @property
+    def per_stream(self) -> float:
+        return (self.peak - self.idle) / self.streams
+
+
+@attrs.frozen
+class Scaled:
+    """Scenarios 2 and 3 ("2", "3") and 4 against one of scenario 8's topologies."""
+
+    loops: dict[str, Loop]
+    streams: FanOut
+    reused: bool
 
 
 @attrs.define
@@ -157,8 +321,12 @@ class Bench:
     ready_times: list[float] = attrs.Factory(list)
     idle: list[int] = attrs.Factory(list)  # VmRSS of each fresh gateway once ready
     gateways: int = 0
-    #: ``--workers N``: scenario 2 also against a gateway of N worker processes.
-    workers: int = 1
+    #: ``--workers N``: scenario 8's topology (b), ``gateway --workers N``.
+    workers: int = 2
+    #: Scenarios 2, 3 and 4's figures against one gateway, when measured in this run (8 reuses
+    #: them as its topology (a)): "2", "3" (closed loops), "4" (FanOut), "4 direct".
+    single: dict[str, Any] = attrs.Factory(dict)
+    usage: dict[str, Usage] = attrs.Factory(dict)  # each measurement's, by its label
 
     # -- processes ---------------------------------------------------------------------------
 
@@ -228,12 +396,27 @@ class Bench:
                 gw.stop()
                 raise SystemExit(f"bench: {gw.name} never became ready, see {self.out}")
             time.sleep(0.005)
-        if workers > 1:
-            return gw  # its RSS and start time are N processes': not scenario 6's figures
-        self.ready_times.append(time.monotonic() - gw.started)
+        ready = time.monotonic() - gw.started
         time.sleep(self.mode.settle)
-        self.idle.append(gw.status("VmRSS"))
+        gw.idle = gw.status("VmRSS")
+        if workers == 1:  # N processes' RSS and start time are not scenario 6's figures
+            self.ready_times.append(ready)
+            self.idle.append(gw.idle)
         return gw
+
+    def start_gateways(
+        self, provider: Proc, count: int, session: dict[str, Any] | None = None
+    ) -> list[Proc]:
+        """``count`` gateways; the ones already started are stopped if a later one fails."""
+        gws: list[Proc] = []
+        try:
+            for _ in range(count):
+                gws.append(self.start_gateway(provider, session))
+        except BaseException:
+            for gw in gws:
+                gw.stop()
+            raise
+        return gws
 
     # -- load --------------------------------------------------------------------------------
 
@@ -244,11 +427,49 @@ class Bench:
         Requests/s and latency (ms) of ``connections`` clients sending FAST for a while, and
         requests per CPU-second of ``server`` (what other processes on the machine can't skew).
         """
+        return self.spread_loop([server], connections, user, token)
+
+    def spread_loop(
+        self, servers: list[Proc], connections: int, user: str = "", token: str = TOKEN
+    ) -> dict[str, float]:
+        """
+        ``closed_loop`` with the clients spread evenly over several gateways at once, each
+        client on one connection to one gateway for the whole run (as a balancer with sticky
+        sessions would keep it). Requests/s and per CPU-s are the sums; p50 and p99 the worse.
+        """
+        each = connections // len(servers)
+        # Each load generator numbers its clients from 1: a prefix of its own per gateway
+        # keeps every client's session on one gateway.
+        users = [f"{user}{i}" if user else "" for i in range(len(servers))]
+        if len(servers) == 1:
+            users = [user]
+
+        def run(seconds: float) -> dict[str, float]:
+            results: list[dict[str, float]] = [{} for _ in servers]
+
+            def one(i: int) -> None:
+                results[i] = self._closed_loop(servers[i].port, each, seconds, users[i], token)
+
+            threads = [threading.Thread(target=one, args=(i,)) for i in range(len(servers))]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            if not all(results):
+                raise SystemExit("bench: a load generator failed (see above)")
+            return {
+                "rps": sum(r["rps"] for r in results),
+                "p50": max(r["p50"] for r in results),
+                "p99": max(r["p99"] for r in results),
+                "errors": sum(r["errors"] for r in results),
+            }
+
         if self.mode.warmup:
-            self._closed_loop(server.port, connections, self.mode.warmup, user, token)
-        cpu = server.cpu()
-        r = self._closed_loop(server.port, connections, self.mode.seconds, user, token)
-        r["per_cpu"] = r["rps"] * self.mode.seconds / max(server.cpu() - cpu, 0.01)
+            run(self.mode.warmup)
+        cpu = sum(server.cpu() for server in servers)
+        r = run(self.mode.seconds)
+        used = sum(server.cpu() for server in servers) - cpu
+        r["per_cpu"] = r["rps"] * self.mode.seconds / max(used, 0.01)
         return r
 
     def _closed_loop(
@@ -298,19 +519,32 @@ class Bench:
             raise SystemExit(f"bench: client {mode} failed:\n{done.stderr}")
         return json.loads(done.stdout)
 
-    def measure(self, label: str, procs: list[Proc], run: Any) -> Any:
-        """Run ``run()``, noting the CPU seconds each process (and the load generator) used."""
-        before = [p.cpu() for p in procs]
+    def measure(self, label: str, procs: list[Watched], run: Callable[[], Any]) -> Any:
+        """
+        Run ``run()``, noting the CPU seconds each process (a gateway's workers one by one) and
+        the load generator used, beside what the cores had, and the load average after it.
+        """
+        before = [p.cpu_by_pid() for p in procs]
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.monotonic()
         result = run()
         wall = time.monotonic() - start
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        used = [f"{p.name} {p.cpu() - b:.1f}" for p, b in zip(procs, before, strict=True)]
+        used, totals = [], {}
+        for p, b in zip(procs, before, strict=True):
+            a = p.cpu_by_pid()
+            totals[p.name] = sum(a.values()) - sum(b.values())
+            line = f"{p.name} {totals[p.name]:.1f}"
+            if len(a) > 1:  # a supervisor and its workers
+                workers = " + ".join(f"{a[pid] - b.get(pid, 0.0):.1f}" for pid in a if pid != p.pid)
+                line += f" (supervisor {a[p.pid] - b.get(p.pid, 0.0):.1f}, workers {workers})"
+            used.append(line)
         loadgen = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
+        cores = os.cpu_count() or 1
+        self.usage[label] = Usage(wall, cores, loadgen, totals)
         self.notes.append(
-            f"{label}: CPU s over {wall:.1f} s wall: load generator {loadgen:.1f}, "
-            + ", ".join(used)
+            f"{label}: CPU s over {wall:.1f} s wall ({wall * cores:.1f} on {cores} cores; "
+            f"load average {_load()[0]} after): load generator {loadgen:.1f}, " + ", ".join(used)
         )
         return result
 
@@ -339,8 +573,6 @@ class Bench:
                         self.profile_closed_loop(gw, "2")
                 finally:
                     gw.stop()
-                if self.workers > 1:
-                    self.scaled(provider, stateless)
             finally:
                 floor.stop()
             if "3" in scenarios:
@@ -352,7 +584,7 @@ class Bench:
         if "7" in scenarios:
             self.responses_streams(provider)
         if "8" in scenarios:
-            self.cluster(provider)
+            self.scale_out(provider)
         if not self.ready_times:
             self.start_gateway(provider).stop()
         idle, ready = statistics.median(self.idle), statistics.median(self.ready_times)
@@ -408,28 +640,8 @@ class Bench:
         )
         self.check_errors("2", via)
         stateless: dict[str, float] = via
+        self.single["2"] = Loop(via, "2 gateway")
         return stateless
-
-    def scaled(self, provider: Proc, one: dict[str, float]) -> None:
-        """Scenario 2 against ``--workers N``, beside the one-process figure just measured."""
-        n = self.workers
-        gw = self.start_gateway(provider, workers=n)
-        try:
-            label = f"2 gateway --workers {n}"
-            many = self.measure(label, [provider, gw], lambda: self.closed_loop(gw, 32))
-        finally:
-            gw.stop()
-        load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-        ratio = many["rps"] / one["rps"]
-        self.row(
-            f"2. req/s with --workers {n}",
-            "≥ 1.6x one process" if n == 2 else "more than one process",
-            f"{many['rps']:.0f} req/s, p99 {many['p99']:.1f} ms",
-            f"{ratio:.2f}x of {one['rps']:.0f} (load average {load}; load generator and "
-            "fake provider share the cores)",
-            ratio >= (1.6 if n == 2 else 1.0) and not many["errors"],
-        )
-        self.check_errors(f"2 --workers {n}", many)
 
     def sessions(self, provider: Proc, stateless: dict[str, float], profile: bool) -> None:
         gw = self.start_gateway(provider)
@@ -450,144 +662,214 @@ class Bench:
             ratio >= 0.5 and not via["errors"],
         )
         self.check_errors("3", via)
+        self.single["3"] = Loop(via, "3 gateway")
 
-    def start_redis(self) -> subprocess.Popen[bytes] | None:
+    def start_redis(self) -> Redis | None:
         """Debian's ``redis-server`` on a free port, durable as the README says to run it."""
-        if shutil.which("redis-server") is None:
-            return None
-        import socket
+        return Redis(self.out / "redis") if shutil.which("redis-server") else None
 
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        directory = self.out / "redis"
-        directory.mkdir(exist_ok=True)
-        argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
-        argv += ["--appendonly", "yes", "--appendfsync", "always", "--dir", str(directory)]
-        argv += ["--logfile", "redis.log"]
-        redis = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        redis.port = port  # type: ignore[attr-defined]
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5) as c:
-                    c.sendall(b"PING\r\n")
-                    if c.recv(16).startswith(b"+PONG"):
-                        return redis
-            except OSError:
-                time.sleep(0.01)
-        redis.kill()
-        raise SystemExit("bench: redis-server did not start")
+    def stream_options(self, ports: list[int], model: str, token: str) -> dict[str, Any]:
+        """Scenario 4's ``bench.client streams`` options, round robin over ``ports``."""
+        m = self.mode
+        body = {"model": model, "stream": True, "messages": FAST["messages"]}
+        opts: dict[str, Any] = self.client_options(
+            ports[0], body, token, streams=m.streams, chunks=m.chunks
+        )
+        opts.update(ports=ports, ramp=m.ramp, timeout=m.streams / m.ramp + m.chunks / 20 + 60)
+        return opts
 
-    def spread_loop(self, gws: list[Proc], connections: int, user: str) -> dict[str, float]:
-        """``closed_loop`` with the clients spread evenly over several gateways at once."""
-        each = connections // len(gws)
-        results: list[dict[str, float]] = [{} for _ in gws]
+    def fan_out_direct(self, provider: Proc, label: str) -> dict[str, Any]:
+        """Scenario 4 straight to the provider: measured once a run, the delay to subtract."""
+        if "4 direct" not in self.single:
+            opts = self.stream_options([provider.port], "tick", "")
+            run = self.measure(label, [provider], lambda: self.client("streams", opts))
+            self.single["4 direct"] = run
+        direct: dict[str, Any] = self.single["4 direct"]
+        return direct
 
-        def one(i: int, gw: Proc) -> None:
-            # Each load generator numbers its clients from 1: a prefix of its own keeps one
-            # client's session on one gateway, as a balancer with sticky sessions would.
-            results[i] = self.closed_loop(gw, each, user=f"{user}{i}" if user else "")
-
-        threads = [threading.Thread(target=one, args=(i, gw)) for i, gw in enumerate(gws)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        return {
-            "rps": sum(r["rps"] for r in results),
-            "p50": max(r["p50"] for r in results),
-            "p99": max(r["p99"] for r in results),
-            "errors": sum(r["errors"] for r in results),
-        }
-
-    def cluster(self, provider: Proc) -> None:
-        """Scenarios 2 and 3 against 2 gateways on one Redis, beside 1 with the file store."""
-        redis = self.start_redis()
-        if redis is None:
-            self.notes.append("8: skipped (no redis-server on PATH; apt-get install redis-server)")
-            return
-        try:
-            one = self.start_gateway(provider)
-            try:
-                file_2 = self.measure(
-                    "8 file 2", [provider, one], lambda: self.closed_loop(one, 32)
-                )
-                file_3 = self.measure(
-                    "8 file 3", [provider, one], lambda: self.closed_loop(one, 32, user="client")
-                )
-            finally:
-                one.stop()
-            url = f"redis://127.0.0.1:{redis.port}"  # type: ignore[attr-defined]
-            shared = {"store": "redis", "redis": {"url": url}}
-            gws = [self.start_gateway(provider, shared) for _ in range(2)]
-            try:
-                procs = [provider, *gws]
-                two_2 = self.measure("8 redis 2", procs, lambda: self.spread_loop(gws, 32, ""))
-                two_3 = self.measure(
-                    "8 redis 3", procs, lambda: self.spread_loop(gws, 32, "client")
-                )
-            finally:
-                for gw in gws:
-                    gw.stop()
-        finally:
-            redis.terminate()
-            redis.wait(10)
-        for label, two, file in (("stateless", two_2, file_2), ("with sessions", two_3, file_3)):
-            ratio = _ratio(two["rps"], file["rps"])
-            self.row(
-                f"8. req/s, 32 clients, {label}: 2 gateways on Redis",
-                "report",
-                f"{two['rps']:.0f} req/s, p99 {two['p99']:.1f} ms",
-                f"{ratio:.2f}x of 1 gateway, file store ({file['rps']:.0f} req/s, "
-                f"p99 {file['p99']:.1f} ms)",
-                not two["errors"],
-            )
-            self.check_errors("8", two)
+    def fan_out_via(self, label: str, gws: list[Proc], procs: list[Watched]) -> FanOut:
+        """Scenario 4 through ``gws`` (streams split evenly), their RSS sampled meanwhile."""
+        opts = self.stream_options([gw.port for gw in gws], "openclaw/tick", TOKEN)
+        with Sampler(*gws) as rss:
+            result = self.measure(label, procs, lambda: self.client("streams", opts))
+        idle = sum(gw.idle for gw in gws)
+        return FanOut(result, rss.peak, idle, self.mode.streams, opts, label)
 
     def fan_out(self, provider: Proc, profile: bool) -> None:
         m = self.mode
-        body = {"model": "tick", "stream": True, "messages": FAST["messages"]}
-        opts = self.client_options(provider.port, body, "", streams=m.streams, chunks=m.chunks)
-        opts.update(ramp=m.ramp, timeout=m.streams / m.ramp + m.chunks / 20 + 60)
-        direct = self.measure("4 direct", [provider], lambda: self.client("streams", opts))
+        direct = self.fan_out_direct(provider, "4 direct")
         gw = self.start_gateway(provider)
         try:
-            idle = self.idle[-1]
-            opts.update(port=gw.port, token=TOKEN, body=dict(body, model="openclaw/tick"))
-            with Sampler(gw) as rss:
-                via = self.measure(
-                    "4 gateway", [provider, gw], lambda: self.client("streams", opts)
-                )
+            via = self.fan_out_via("4 gateway", [gw], [provider, gw])
+            self.single["4"] = via
             if profile:
                 seconds = m.streams / m.ramp + m.chunks / 20
-                self.profile(gw, "4", seconds, lambda: self.client("streams", opts))
+                self.profile(gw, "4", seconds, lambda: self.client("streams", via.options))
         finally:
             gw.stop()
-        ok = via["results"].get("ok", 0)
         self.row(
             f"4. streams complete, in order ({m.chunks} chunks)",
             f"{m.streams}/{m.streams}",
-            f"{ok}/{m.streams}",
-            _results(via["results"]),
-            ok == m.streams,
+            f"{via.ok}/{m.streams}",
+            _results(via.result["results"]),
+            via.ok == m.streams,
         )
-        added = via["delay_ms"]["p99"] - direct["delay_ms"]["p99"]
+        added = via.p99 - direct["delay_ms"]["p99"]
         self.row(
             "4. added per-chunk delay p99",
             "≤ 10 ms",
             f"{added:.1f} ms",
-            f"{via['delay_ms']['p99']:.1f} vs {direct['delay_ms']['p99']:.1f} ms direct",
+            f"{via.p99:.1f} vs {direct['delay_ms']['p99']:.1f} ms direct",
             added <= 10 and direct["results"].get("ok", 0) == m.streams,
         )
-        per = (rss.peak - idle) / m.streams
         self.row(
             "4. peak RSS per stream above idle",
             "≤ 64 KiB",
-            f"{per / KIB:.1f} KiB",
-            f"peak {rss.peak / MIB:.0f} MB, idle {idle / MIB:.0f} MB",
-            per <= 64 * KIB,
+            f"{via.per_stream / KIB:.1f} KiB",
+            f"peak {via.peak / MIB:.0f} MB, idle {via.idle / MIB:.0f} MB",
+            via.per_stream <= 64 * KIB,
         )
+
+    def scale_out(self, provider: Proc) -> None:
+        """
+        Scenarios 2, 3 and 4 against (a) one gateway on the file store, (b) ``gateway
+        --workers N`` on it and (c) two gateways on one redis-server, side by side, with
+        ratios against (a). (a) reuses this run's scenarios 2, 3 and 4 when they ran (same
+        settings, a fresh gateway each), else it is measured here.
+        """
+        n = self.workers
+        direct = self.fan_out_direct(provider, "8 direct 4")
+        tops = {"(a)": self.topology("(a)", provider, lambda: [self.start_gateway(provider)])}
+        tops["(b)"] = self.topology(
+            "(b)", provider, lambda: [self.start_gateway(provider, workers=n)], reuse=False
+        )
+        redis = self.start_redis()
+        if redis is None:
+            self.notes.append(
+                "8 (c): skipped (no redis-server on PATH; apt-get install redis-server)"
+            )
+        else:
+            try:
+                url = f"redis://127.0.0.1:{redis.port}"
+                shared = {"store": "redis", "redis": {"url": url}}
+                tops["(c)"] = self.topology(
+                    "(c)",
+                    provider,
+                    lambda: self.start_gateways(provider, 2, shared),
+                    [redis],
+                    reuse=False,
+                )
+            finally:
+                redis.stop()
+        titles = {
+            "(a)": "(a) 1 gateway, file store",
+            "(b)": f"(b) --workers {n}, file store",
+            "(c)": "(c) 2 gateways, one Redis",
+        }
+        a = tops["(a)"]
+        if a.reused:
+            self.notes.append("8 (a): the figures of scenarios 2, 3 and 4 above (this run)")
+        for scenario, label in (("2", "stateless"), ("3", "with sessions")):
+            one = a.loops[scenario].result
+            for key, top in tops.items():
+                r = top.loops[scenario].result
+                target, ok = "report", True
+                if key == "(a)":
+                    target, detail = "baseline", f"per CPU-s {r['per_cpu']:.0f}"
+                else:
+                    ratio = _ratio(r["rps"], one["rps"])
+                    detail = (
+                        f"{ratio:.2f}x (a)'s req/s; p99 {_ratio(r['p99'], one['p99']):.2f}x; "
+                        f"per CPU-s {_ratio(r['per_cpu'], one['per_cpu']):.2f}x"
+                    )
+                    if key == "(b)" and scenario == "2" and n == 2:
+                        target, ok = "≥ 1.6x (a)", ratio >= 1.6
+                    elif key == "(b)" and scenario == "2" and n > 2:
+                        target, ok = "> 1x (a)", ratio > 1
+                self.row(
+                    f"8. {scenario}. req/s, 32 clients, {label}: {titles[key]}",
+                    target,
+                    f"{r['rps']:.0f} req/s, p99 {r['p99']:.1f} ms",
+                    detail,
+                    ok and not r["errors"],
+                )
+                self.check_errors(f"8 {key} {scenario}", r)
+        m = self.mode
+        direct_ok = direct["results"].get("ok", 0) == m.streams
+        direct_p99 = direct["delay_ms"]["p99"]
+        a_added = a.streams.p99 - direct_p99
+        for key, top in tops.items():
+            fo = top.streams
+            split = "/".join(str(v) for v in fo.result.get("per_port", {}).values())
+            self.row(
+                f"8. 4. streams complete, in order ({m.chunks} chunks): {titles[key]}",
+                f"{m.streams}/{m.streams}",
+                f"{fo.ok}/{m.streams}",
+                _results(fo.result["results"]) + (f" (opened {split})" if "/" in split else ""),
+                fo.ok == m.streams,
+            )
+        for key, top in tops.items():
+            fo = top.streams
+            added = fo.p99 - direct_p99
+            bounded = key != "(c)"  # (b) must keep 4.'s target; Redis (c): report
+            self.row(
+                f"8. 4. added per-chunk delay p99: {titles[key]}",
+                "≤ 10 ms" if bounded else "report",
+                f"{added:.1f} ms",
+                f"{fo.p99:.1f} vs {direct_p99:.1f} ms direct"
+                + ("" if key == "(a)" else f"; (a) {a_added:.1f} ms"),
+                (added <= 10 or not bounded) and direct_ok,
+            )
+        for key, top in tops.items():
+            fo = top.streams
+            self.row(
+                f"8. 4. peak RSS per stream above idle: {titles[key]}",
+                "≤ 64 KiB" if key == "(a)" else "report",
+                f"{fo.per_stream / KIB:.1f} KiB",
+                f"peak {fo.peak / MIB:.0f} MB, idle {fo.idle / MIB:.0f} MB"
+                + ("" if key == "(a)" else f"; {_ratio(fo.per_stream, a.streams.per_stream):.2f}x"),
+                fo.per_stream <= 64 * KIB or key != "(a)",
+            )
+        for key, top in tops.items():
+            label = top.loops["2"].label
+            if label in self.usage:
+                self.notes.append(f"8 {key} 2, where the CPU went: {self.usage[label].share()}")
+
+    def topology(
+        self,
+        key: str,
+        provider: Proc,
+        start: Callable[[], list[Proc]],
+        extra: list[Watched] | None = None,
+        *,
+        reuse: bool = True,
+    ) -> Scaled:
+        """Scenarios 2 and 3 on gateways ``start()`` gives, then 4 on fresh ones (fresh RSS)."""
+        known = self.single if reuse else {}
+        loops: dict[str, Loop] = {k: known[k] for k in ("2", "3") if k in known}
+        streams: FanOut | None = known.get("4")
+        reused = len(loops) == 2 and streams is not None
+        if len(loops) < 2:
+            gws = start()
+            try:
+                procs = [provider, *gws, *(extra or [])]
+                for scenario, user in (("2", ""), ("3", "client")):
+                    if scenario not in loops:
+                        label = f"8 {key} {scenario}"
+                        load = functools.partial(self.spread_loop, gws, 32, user)
+                        loops[scenario] = Loop(self.measure(label, procs, load), label)
+            finally:
+                for gw in gws:
+                    gw.stop()
+        if streams is None:
+            gws = start()
+            try:
+                procs = [provider, *gws, *(extra or [])]
+                streams = self.fan_out_via(f"8 {key} 4", gws, procs)
+            finally:
+                for gw in gws:
+                    gw.stop()
+        return Scaled(loops, streams, reused)
 
     def slow_reader(self, provider: Proc) -> None:
         m = self.mode
@@ -698,6 +980,11 @@ class Bench:
 LISTENING = r"openclaw gateway listening on http://[\d.]+:(\d+)"
 
 
+def _load() -> list[str]:
+    """The 1, 5 and 15 minute load averages."""
+    return Path("/proc/loadavg").read_text().split()[:3]
+
+
 def _results(results: dict[str, int]) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(results.items()))
 
@@ -778,7 +1065,7 @@ def machine(wrk: str | None) -> list[str]:
     import twisted
 
     loadgen = "wrk " + _wrk_version(wrk) if wrk else "python -m bench.client load (no wrk)"
-    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    load = " ".join(_load())
     return [
         f"machine: {os.cpu_count()} CPUs, {cpu.group(1) if cpu else '?'}, "
         f"{int(mem.group(1)) / MIB if mem else 0:.1f} GiB RAM, {platform.platform()}, "
@@ -822,10 +1109,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--workers",
         type=int,
-        default=1,
-        help="also run scenario 2 against `gateway --workers N` and print the ratio",
+        default=2,
+        help="scenario 8's topology (b) is `gateway --workers N` (default 2)",
     )
     options = parser.parse_args(argv)
+    if options.workers < 1:
+        parser.error("--workers must be 1 or more")
     mode_name = "smoke" if options.smoke else "quick" if options.quick else "full"
     mode = MODES[mode_name]
     wrk = None
@@ -841,7 +1130,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.write("\n".join(header) + "\n")
     sys.stdout.flush()
     bench.run(set(options.only), options.profile)
-    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    load = " ".join(_load())
     bench.notes.append(f"load average {load} at the end (other processes share these CPUs)")
     sys.stdout.write("\n".join(["", *table(bench.rows), "", *bench.notes]) + "\n")
     (out / "results.json").write_text(json.dumps({"header": header, "rows": bench.rows}, indent=1))
