@@ -255,14 +255,16 @@ class Usage:
     cores: int
     loadgen: float
     used: dict[str, float]
+    idle: float  # CPU seconds no process used (all cores, from /proc/stat)
 
     def share(self) -> str:
-        """Each one's share of the cores' time, and what was left (idle or other processes)."""
+        """Each one's share of the cores' time; the rest is other processes' or idle."""
         have = self.wall * self.cores
         parts = [*self.used.items(), ("load generator", self.loadgen)]
-        rest = have - sum(cpu for _, cpu in parts)
+        other = have - self.idle - sum(cpu for _, cpu in parts)
+        parts += [("other processes", max(other, 0.0)), ("idle", self.idle)]
         return ", ".join(f"{name} {cpu / have:.0%}" for name, cpu in parts) + (
-            f", idle or other processes {rest / have:.0%} of {self.cores} cores"
+            f" of {self.cores} cores over {self.wall:.1f} s"
         )
 
 
@@ -526,9 +528,11 @@ class Bench:
         """
         before = [p.cpu_by_pid() for p in procs]
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        idle = _idle()
         start = time.monotonic()
         result = run()
         wall = time.monotonic() - start
+        idle = _idle() - idle
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         used, totals = [], {}
         for p, b in zip(procs, before, strict=True):
@@ -541,10 +545,11 @@ class Bench:
             used.append(line)
         loadgen = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
         cores = os.cpu_count() or 1
-        self.usage[label] = Usage(wall, cores, loadgen, totals)
+        self.usage[label] = Usage(wall, cores, loadgen, totals, idle)
         self.notes.append(
-            f"{label}: CPU s over {wall:.1f} s wall ({wall * cores:.1f} on {cores} cores; "
-            f"load average {_load()[0]} after): load generator {loadgen:.1f}, " + ", ".join(used)
+            f"{label}: CPU s over {wall:.1f} s wall ({wall * cores:.1f} on {cores} cores, "
+            f"{idle:.1f} idle; load average {_load()[0]} after): load generator {loadgen:.1f}, "
+            + ", ".join(used)
         )
         return result
 
@@ -985,6 +990,12 @@ def _load() -> list[str]:
     return Path("/proc/loadavg").read_text().split()[:3]
 
 
+def _idle() -> float:
+    """CPU seconds all cores have been idle (or waiting for I/O) since boot."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    return (int(fields[4]) + int(fields[5])) / os.sysconf("SC_CLK_TCK")
+
+
 def _results(results: dict[str, int]) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(results.items()))
 
@@ -1097,7 +1108,7 @@ def table(rows: list[tuple[str, str, str, str, bool]]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--quick", action="store_true", help="200 streams, 5 s runs (~1 min)")
+    group.add_argument("--quick", action="store_true", help="200 streams, 5 s runs (~3 min)")
     group.add_argument("--smoke", action="store_true", help="a few requests each (seconds)")
     parser.add_argument("--profile", action="store_true", help="py-spy the gateway under 2.")
     parser.add_argument("--no-install", action="store_true", help="never apt-get install wrk")
