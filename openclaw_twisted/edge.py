@@ -64,11 +64,25 @@ class Edge:
     metrics_config: MetricsConfig = MetricsConfig()
     #: The runs of every gateway on one Redis (``session.store: "redis"``), else ``None``.
     cluster: ClusterRuns | None = None
+    #: Whether a shared session store answers (Redis is connected); ``None``: it is local.
+    store_up: Callable[[], bool] | None = None
 
     @property
     def ready(self) -> bool:
         """Whether new runs are taken (false once the gateway has begun to stop)."""
         return self.runner.ready
+
+    @property
+    def not_ready(self) -> str | None:
+        """
+        Why a balancer should send this gateway nothing new (``/readyz``, ``health``), or
+        ``None``: it is shutting down, or its shared session store is unreachable.
+        """
+        if not self.runner.ready:
+            return "shutting down"
+        if self.store_up is not None and not self.store_up():
+            return "session store unavailable"
+        return None
 
     def client_ip(self, request: IRequest) -> str:
         """The IP of the client that sent ``request`` (the forwarded one behind a trusted proxy)."""

@@ -221,6 +221,7 @@ class Gateway:
             metrics=self.metrics,
             metrics_config=config.gateway.metrics,
             cluster=self.cluster,
+            store_up=None if self.redis is None else self._redis_up,
         )
         self._http_app = GatewayHTTP(self.edge)
         self._ws_factory: GatewayWebSocketFactory | None = None
@@ -266,6 +267,10 @@ class Gateway:
         )
         lanes = RedisLanes(redis, reactor, self.config.redis.lease_seconds)
         return (store or RedisSessionStore(transcripts)), lanes, attempts
+
+    def _redis_up(self) -> bool:
+        """Whether the Redis connection is up (``/readyz``): a balancer's reason to send."""
+        return self.redis is not None and self.redis.connected
 
     def _join_cluster(self) -> None:
         if self.cluster is not None:

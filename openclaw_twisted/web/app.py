@@ -154,8 +154,12 @@ class GatewayHTTP:
     @app.route("/readyz", methods=["GET", "HEAD"])
     @app.route("/ready", methods=["GET", "HEAD"])
     def ready(self, request: IRequest) -> bytes:
-        ready = self.edge.ready
-        return json_body(request, 200 if ready else 503, {"ready": ready}, no_store=True)
+        # Not ready while stopping, or while the shared session store (Redis) is down: a
+        # balancer takes the gateway out until it is back (``/healthz`` stays 200).
+        reason = self.edge.not_ready
+        if reason is None:
+            return json_body(request, 200, {"ready": True}, no_store=True)
+        return json_body(request, 503, {"ready": False, "reason": reason}, no_store=True)
 
     @app.route("/openapi.json", methods=["GET", "HEAD"])
     def openapi(self, request: IRequest) -> bytes:

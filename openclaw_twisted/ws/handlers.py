@@ -85,7 +85,7 @@ async def status(edge: Edge, conn: Connection, call: Call) -> dict[str, Any]:
     return {
         "version": __version__,
         "protocol": PROTOCOL_VERSION,
-        "ready": edge.ready,
+        "ready": edge.not_ready is None,
         "uptimeMs": edge.now_ms() - conn.started_ms,
         "connections": sum(1 for c in conn.registry.connections if c.authenticated),
         "activeRuns": len(edge.runner.active),

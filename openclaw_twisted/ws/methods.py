@@ -79,12 +79,16 @@ def target(edge: Edge, params: dict[str, Any]) -> tuple[str, str]:
 
 
 def health(edge: Edge, params: dict[str, Any]) -> dict[str, Any]:
-    return {
+    reason = edge.not_ready  # what /readyz says
+    out: dict[str, Any] = {
         "ok": True,
         "status": "live" if edge.ready else "stopping",
-        "ready": edge.ready,
+        "ready": reason is None,
         "ts": edge.now_ms(),
     }
+    if reason is not None:
+        out["reason"] = reason
+    return out
 
 
 def agents_list(edge: Edge, params: dict[str, Any]) -> dict[str, Any]:

@@ -43,7 +43,7 @@ class RootTests(TestCase):
         self.gateway.runner.closing = True
         r = await self.http.get(url + "/readyz")
         self.assertEqual(r.code, 503)
-        self.assertEqual(json.loads(await r.content()), {"ready": False})
+        self.assertEqual(json.loads(await r.content()), {"ready": False, "reason": "shutting down"})
 
     async def test_unknown_path_is_plain_404_with_headers(self) -> None:
         url = await self.asyncSetUp()
