@@ -18,6 +18,7 @@ from .limits import RunLimits
 from .web.origin import BrowserPolicy
 
 if TYPE_CHECKING:
+    from .cluster._idempotency import IIdempotencyKeys
     from .cluster._runs import ClusterRuns
     from .metrics import Metrics
 
@@ -64,6 +65,9 @@ class Edge:
     metrics_config: MetricsConfig = MetricsConfig()
     #: The runs of every gateway on one Redis (``session.store: "redis"``), else ``None``.
     cluster: ClusterRuns | None = None
+    #: Which run each WebSocket ``idempotencyKey`` started, on every gateway of one Redis
+    #: (``None``: the connections' own registry is the only memory).
+    idempotency: IIdempotencyKeys | None = None
     #: Whether a shared session store answers (Redis is connected); ``None``: it is local.
     store_up: Callable[[], bool] | None = None
 

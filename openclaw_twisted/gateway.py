@@ -63,6 +63,7 @@ if TYPE_CHECKING:
     # Autobahn is imported on the first WebSocket upgrade only; txredisapi when sessions
     # live in Redis.
     from .cluster import RedisClient, RedisEventBus
+    from .cluster._idempotency import RedisIdempotencyKeys
     from .cluster._runs import ClusterRuns
     from .metrics import Metrics
     from .ws.server import GatewayWebSocketFactory
@@ -164,6 +165,7 @@ class Gateway:
         self.redis: RedisClient | None = None
         self.bus: RedisEventBus | None = None
         self.cluster: ClusterRuns | None = None
+        self.idempotency: RedisIdempotencyKeys | None = None
         lanes: ILaneLock | None = None
         attempts: IAttemptStore | None = None
         if config.session_store == "redis":
@@ -221,6 +223,7 @@ class Gateway:
             metrics=self.metrics,
             metrics_config=config.gateway.metrics,
             cluster=self.cluster,
+            idempotency=self.idempotency,
             store_up=None if self.redis is None else self._redis_up,
         )
         self._http_app = GatewayHTTP(self.edge)
@@ -241,6 +244,7 @@ class Gateway:
             RedisSessionStore,
             RedisTranscripts,
         )
+        from .cluster._idempotency import RedisIdempotencyKeys
         from .cluster._runs import ClusterRuns
 
         url = self.config.redis.url
@@ -249,6 +253,7 @@ class Gateway:
         self.redis = redis = RedisClient.connect(reactor, url)
         self.bus = RedisEventBus.connect(reactor, url, redis)
         self.cluster = ClusterRuns(redis, self.bus, reactor)
+        self.idempotency = RedisIdempotencyKeys(redis, self.cluster, reactor)
         transcripts = RedisTranscripts(redis)
 
         def durable(_: object) -> Deferred[str | None]:

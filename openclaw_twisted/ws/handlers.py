@@ -19,11 +19,15 @@ from .methods import MethodError, integer, invalid, text
 from .runs import RunRegistry, Tracked
 
 if TYPE_CHECKING:
+    from ..cluster._idempotency import Claim, IIdempotencyKeys
     from ..edge import Edge
 
 PROTOCOL_VERSION = 3
 #: How a run's failure kind becomes a protocol error code.
 ERROR_CODES = {"agent_timeout": "AGENT_TIMEOUT", "aborted": "ABORTED", "internal_error": "INTERNAL"}
+#: How long a repeated ``agent`` waits for another gateway's run between two looks at
+#: whether this gateway is stopping (seconds).
+WAIT_SLICE = 5.0
 
 
 @attrs.frozen
@@ -113,9 +117,21 @@ async def chat_history(edge: Edge, conn: Connection, call: Call) -> dict[str, An
 # Runs.
 
 
-def start_run(
+@attrs.frozen
+class Elsewhere:
+    """
+    The run an ``idempotencyKey`` started that this gateway does not hold: another gateway
+    on the same Redis runs it (or ran it), or this one forgot it.
+    """
+
+    kind: str
+    key: str
+    claim: Claim
+
+
+async def start_run(
     edge: Edge, conn: Connection, kind: str, params: dict[str, Any]
-) -> tuple[Tracked, bool]:
+) -> tuple[Tracked | Elsewhere, bool]:
     """The run a request asks for: a new one, or the one its ``idempotencyKey`` started."""
     message = text(params, "message", required=True)
     assert message is not None
@@ -127,6 +143,56 @@ def start_run(
             return tracked, False
     agent_id, session_key = methods.target(edge, params)
     extra = text(params, "extraSystemPrompt") or ""
+    run_id = str(uuid.uuid4())
+    accepted_at = edge.now_ms()
+    shared = edge.idempotency if key is not None else None
+    if shared is not None:
+        assert key is not None
+        # Claimed before anything is checked: a repeat is answered as one wherever it lands
+        # (as a repeat here is), even by a gateway that would refuse a new run now.
+        claim = await shared.claim(kind, key, run_id, accepted_at, agent_id, session_key)
+        if claim.run_id != run_id:
+            return _repeat(edge, registry, Elsewhere(kind, key, claim)), False
+        if conn not in registry.connections:
+            # Closed while Redis answered: nobody was told of the run, so none is started
+            # (a retry with the key runs it).
+            shared.release(kind, key, run_id)
+            raise MethodError("UNAVAILABLE", "The connection closed.")
+    request = RunRequest(agent_id, session_key, message, extra_system_prompt=extra, run_id=run_id)
+    try:
+        run = _start(edge, conn, kind, request)
+    except Exception:
+        if shared is not None:
+            assert key is not None
+            shared.release(kind, key, run_id)  # refused: a retry may run
+        raise
+    tracked = Tracked(run, accepted_at)
+    registry.remember(tracked, kind, key)
+    if shared is not None:
+        assert key is not None
+        run.wait().addCallback(_share_end, edge, shared, kind, key, claim)
+    return tracked, True
+
+
+def _share_end(
+    result: RunResult, edge: Edge, shared: IIdempotencyKeys, kind: str, key: str, claim: Claim
+) -> None:
+    """The run's outcome under its key, for a repeat on another gateway."""
+    outcome: dict[str, Any]
+    if result.error is not None:
+        error = result.error.to_json()
+        if result.error.retry_after is not None:
+            error["retryAfter"] = result.error.retry_after
+        outcome = {"error": error}
+    else:
+        outcome = {"stopReason": result.stop_reason, "usage": result.usage.to_json()}
+        if kind == "agent":
+            outcome["text"] = result.text  # the final reply's payload
+    shared.ended(kind, key, attrs.evolve(claim, ended_at=edge.now_ms(), outcome=outcome))
+
+
+def _start(edge: Edge, conn: Connection, kind: str, request: RunRequest) -> Run:
+    """A new run for ``conn``, unless the gateway is stopping or the client is at its caps."""
     if not edge.ready:
         raise MethodError("UNAVAILABLE", "The gateway is shutting down.")
     try:
@@ -134,53 +200,115 @@ def start_run(
     except TooManyRuns as e:
         details = {"scope": e.scope, "limit": e.limit, "configKey": e.key}
         raise MethodError("RATE_LIMITED", e.message, details) from None
-    run_id = str(uuid.uuid4())
+    run_id = request.run_id
+    assert run_id is not None
     # Owned before it starts: a run may emit its first events inside start().
-    registry.own(run_id, conn)
+    conn.registry.own(run_id, conn)
     try:
-        run = edge.runner.start(
-            RunRequest(agent_id, session_key, message, extra_system_prompt=extra, run_id=run_id)
-        )
+        run = edge.runner.start(request)
     except UnknownAgent as e:
-        registry.disown(run_id)
+        conn.registry.disown(run_id)
         raise invalid(e.message) from None
     edge.limits.hold(conn.client_ip, run)
     conn.hold(run, kind)
-    tracked = Tracked(run, edge.now_ms())
-    registry.remember(tracked, kind, key)
-    return tracked, True
+    return run
+
+
+def _repeat(edge: Edge, registry: RunRegistry[Any], found: Elsewhere) -> Tracked | Elsewhere:
+    """The claimed run as this gateway knows it best: its own (still), or the claim."""
+    run_id = found.claim.run_id
+    tracked = registry.runs.get(run_id)
+    if tracked is not None:
+        return tracked
+    run = edge.runner.active.get(run_id)
+    return Tracked(run, found.claim.accepted_at) if run is not None else found
+
+
+def agent_result(
+    run_id: str, text: str, usage: Any, stop_reason: str, agent_id: str, session_key: str
+) -> dict[str, Any]:
+    """The final ``agent`` reply of a run that ended well."""
+    return {
+        "runId": run_id,
+        "status": "ok",
+        "summary": "completed",
+        "result": {
+            "payloads": [{"text": text}],
+            "meta": {
+                "usage": usage,
+                "stopReason": stop_reason,
+                "agentId": agent_id,
+                "sessionKey": session_key,
+            },
+        },
+    }
 
 
 async def agent(edge: Edge, conn: Connection, call: Call) -> dict[str, Any]:
-    tracked, fresh = start_run(edge, conn, "agent", call.params)
-    run = tracked.run
+    found, fresh = await start_run(edge, conn, "agent", call.params)
+    if isinstance(found, Elsewhere):
+        return await _agent_elsewhere(edge, conn, call, found)
+    run = found.run
     conn.reply(
-        call.id, {"runId": run.run_id, "status": "accepted", "acceptedAt": tracked.accepted_at}
+        call.id, {"runId": run.run_id, "status": "accepted", "acceptedAt": found.accepted_at}
     )
     if fresh:
         await conn.pump(run, lambda event: conn.send_event("agent", to_json(event)))
     result = await run.wait()
     if result.error is not None:
         raise run_error(result.error, run.run_id)
-    return {
-        "runId": run.run_id,
-        "status": "ok",
-        "summary": "completed",
-        "result": {
-            "payloads": [{"text": result.text}],
-            "meta": {
-                "usage": result.usage.to_json(),
-                "stopReason": result.stop_reason,
-                "agentId": result.agent_id,
-                "sessionKey": result.session_key,
-            },
-        },
-    }
+    return agent_result(
+        run.run_id,
+        result.text,
+        result.usage.to_json(),
+        result.stop_reason,
+        result.agent_id,
+        result.session_key,
+    )
+
+
+async def _agent_elsewhere(
+    edge: Edge, conn: Connection, call: Call, found: Elsewhere
+) -> dict[str, Any]:
+    """A repeated ``agent`` whose run another gateway holds: accepted, then its outcome."""
+    claim = found.claim
+    conn.reply(
+        call.id, {"runId": claim.run_id, "status": "accepted", "acceptedAt": claim.accepted_at}
+    )
+    assert edge.idempotency is not None
+    while claim.outcome is None:
+        if not edge.ready:
+            raise MethodError("UNAVAILABLE", "The gateway is shutting down.")
+        settled = await edge.idempotency.settled(found.kind, found.key, claim, WAIT_SLICE)
+        if settled is None:
+            raise MethodError(
+                "UNAVAILABLE",
+                f"Run {claim.run_id} is no longer known (its gateway may have stopped).",
+                {"runId": claim.run_id},
+            )
+        claim = settled
+    outcome = claim.outcome
+    error = outcome.get("error")
+    if error is not None:
+        kind, message = error.get("kind", "internal_error"), error.get("message", "")
+        raise run_error(RunError(kind, message, retry_after=error.get("retryAfter")), claim.run_id)
+    return agent_result(
+        claim.run_id,
+        outcome.get("text", ""),
+        outcome.get("usage"),
+        outcome.get("stopReason", "stop"),
+        claim.agent_id,
+        claim.session_key,
+    )
 
 
 async def chat_send(edge: Edge, conn: Connection, call: Call) -> None:
-    tracked, fresh = start_run(edge, conn, "chat", call.params)
-    run = tracked.run
+    found, fresh = await start_run(edge, conn, "chat", call.params)
+    if isinstance(found, Elsewhere):
+        status = "in_flight" if found.claim.outcome is None else "ok"
+        conn.reply(call.id, {"runId": found.claim.run_id, "status": status})
+        return
+    run = found.run
     status = "started" if fresh else ("in_flight" if run.result is None else "ok")
     conn.reply(call.id, {"runId": run.run_id, "status": status})
     if not fresh:
