@@ -260,6 +260,11 @@ class AcrossGatewaysTests(TestCase):
         while not b.provider.requests:
             await _tick()
         self.assertEqual(len(a.provider.requests), 1)
+        # Both runs end before the test does (nothing of theirs is left on the reactor).
+        for session, key in ((on_a, "agent:main:busy"), (on_b, "agent:main:r")):
+            await session.ok("chat.abort", {"sessionKey": key})
+            while (await session.event("chat"))["payload"]["state"] != "aborted":
+                pass
 
     async def test_redis_down_is_unavailable_and_starts_nothing(self) -> None:
         server, _, b = await pair(self)
