@@ -159,6 +159,13 @@ class ClusterRuns:
                 self.runner.on_start.remove(self._started)
             if self.observe in self.runner.listeners:
                 self.runner.listeners.remove(self.observe)
+        # What runs still going held back goes now (best effort): no timer outlives this.
+        outboxes, self._outboxes = self._outboxes, {}
+        for run_id, outbox in outboxes.items():
+            outbox.cancel()
+            events = outbox.take(run_id)
+            if events:
+                self._script(_PUBLISH, run_id, None, 0, events)
         return self.bus.unsubscribe(CHANNEL, self._received)
 
     # This gateway's runs.

@@ -42,6 +42,11 @@ class Recording:
         return succeed(None)
 
 
+class Bus:
+    def unsubscribe(self, channel: str, receiver: Any) -> Deferred[None]:
+        return succeed(None)
+
+
 @attrs.define
 class FakeRun:
     run_id: str = "r1"
@@ -137,3 +142,16 @@ class BatchingTests(SynchronousTestCase):
         last = self.redis.commands[-1][2]
         self.assertEqual(entry(last)["outcome"], {"error": error.to_json()})
         self.assertEqual([e["data"]["phase"] for e in published(last)], ["error"])
+
+    def test_detaching_sends_what_is_held_and_leaves_no_timer(self) -> None:
+        self.runs.bus = Bus()  # type: ignore[assignment]
+        self.runs._started(self.run)  # type: ignore[arg-type]
+        self.runs.observe(self.run, self.started())  # type: ignore[arg-type]
+        self.runs.detach()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(
+            [e["data"]["phase"] for e in published(self.redis.commands[-1][2])], ["start"]
+        )
+        # A late event of that run is not published (it is no longer this gateway's to send).
+        self.runs.observe(self.run, self.delta("x"))  # type: ignore[arg-type]
+        self.assertEqual(len(self.redis.commands), 2)
