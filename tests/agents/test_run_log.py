@@ -133,6 +133,19 @@ class RunLogTests(SynchronousTestCase):
             f"agent main, session {KEY}, model scripted/m2, 0 ms, tokens unknown",
         )
 
+    def test_braces_in_a_value_are_shown_as_they_are(self) -> None:
+        def refuse(request: ModelRequest) -> Script:
+            return Script(refuse=ProviderError("upstream_error", "bad {json} {0} }{", status=400))
+
+        h = Harness(refuse)
+        run = h.start(key="agent:main:{odd}")
+        self.successResultOf(run.wait())
+        event = h.line()
+        self.assertEqual(event["error"], "bad {json} {0} }{")
+        self.assertIn(
+            ": bad {json} {0} }{; agent main, session agent:main:{odd}, ", formatEvent(event)
+        )
+
     def test_a_refusal_that_stops_the_fallbacks_names_its_model(self) -> None:
         def by_model(request: ModelRequest) -> Script:
             if request.model == "m1":
