@@ -206,6 +206,8 @@ class RedisIdempotencyKeys:
             if held.outcome is not None or left <= 0:
                 return held
             remote = await self.runs.wait(claim.run_id, left)
+            if remote is not None and remote.lost:
+                return None  # its gateway is gone: the run will never end
             if remote is not None and remote.ended_at is None:
                 continue  # still running after ``left``: the deadline has passed
             # Ended (the claim is rewritten right after the end is published), or not in the

@@ -10,6 +10,7 @@ from typing import Any
 import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -29,10 +30,30 @@ PUBLISH_INTERVAL = 0.150
 #: How long a run's registry entry lasts while it runs (renewed at its start, dropped to
 #: ``ENDED_TTL`` at its end) and after, for ``agent.wait``; seconds.
 RUNNING_TTL, ENDED_TTL = 3600, 600
+#: Every gateway says it is alive this often (a key with three times this as its TTL): a run
+#: whose gateway stopped saying so before the run ended is reported lost (seconds).
+HEARTBEAT_SECONDS = 5
+#: What ``agent.wait`` (and a repeated ``idempotencyKey``) is told of such a run.
+LOST = {
+    "kind": "unavailable",
+    "message": "The gateway that ran this run stopped before the run ended.",
+}
+# A run's entry, and whether the gateway that runs it is alive (1) when it has not ended.
+_FIND = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return false end
+local entry = cjson.decode(raw)
+if entry.endedAt == nil and entry.gateway then
+  return {raw, redis.call('EXISTS', ARGV[1] .. entry.gateway)}
+end
+return {raw, 1}
+"""
 # A run's registry entry and its events held back go to Redis in one command (the entry is
-# ARGV[1] with a TTL of ARGV[2] seconds, each later ARGV one message on KEYS[2]).
-_ENTER = """
+# ARGV[1] with a TTL of ARGV[2] seconds, each later ARGV one message on KEYS[2]); the
+# gateway's heartbeat (KEYS[3]) goes with it, so no entry is ever seen without one.
+_ENTER = f"""
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+redis.call('SET', KEYS[3], '1', 'EX', {3 * HEARTBEAT_SECONDS})
 for i = 3, #ARGV do
   redis.call('PUBLISH', KEYS[2], ARGV[i])
 end
@@ -60,6 +81,8 @@ class RemoteRun:
     ended_at: int | None = None
     #: ``{"stopReason": ...}`` or ``{"error": {kind, message}}`` once ended.
     outcome: Mapping[str, Any] | None = None
+    #: Its gateway stopped (its heartbeat ran out) before the run ended: it never will.
+    lost: bool = False
 
 
 @attrs.define
@@ -132,12 +155,15 @@ class ClusterRuns:
         clock: IReactorTime,
         gateway_id: str | None = None,
         prefix: str = "openclaw:run:",
+        heartbeat_prefix: str = "openclaw:gateway:",
     ) -> None:
         self.redis = redis
         self.bus = bus
         self.clock = clock
         self.gateway_id = gateway_id or secrets.token_hex(8)
         self.prefix = prefix
+        self.heartbeat_prefix = heartbeat_prefix
+        self._heartbeat: LoopingCall | None = None
         self.runner: AgentRunner | None = None
         self.relays: list[Relay] = []
         self._outboxes: dict[str, _Outbox] = {}
@@ -151,9 +177,21 @@ class ClusterRuns:
         self.runner = runner
         runner.on_start.append(self._started)
         runner.listeners.append(self.observe)
+        self._heartbeat = LoopingCall(self._beat)
+        self._heartbeat.clock = self.clock
+        self._heartbeat.start(HEARTBEAT_SECONDS, now=True)
         return self.bus.subscribe(CHANNEL, self._received)
 
+    def _beat(self) -> None:
+        key = self.heartbeat_prefix + self.gateway_id
+        d = self.redis.execute("SET", key, "1", "EX", 3 * HEARTBEAT_SECONDS)
+        # Down now: the next beat tries again (others see this gateway lost after 15 s).
+        d.addErrback(lambda _: None)
+
     def detach(self) -> Deferred[None]:
+        if self._heartbeat is not None and self._heartbeat.running:
+            self._heartbeat.stop()
+        self._heartbeat = None
         if self.runner is not None:
             if self._started in self.runner.on_start:
                 self.runner.on_start.remove(self._started)
@@ -230,7 +268,7 @@ class ClusterRuns:
         ttl: int,
         events: list[Mapping[str, Any]],
     ) -> None:
-        keys = [self._key(run_id), CHANNEL]
+        keys = [self._key(run_id), CHANNEL, self.heartbeat_prefix + self.gateway_id]
         head: list[Arg] = [json.dumps(entry), ttl] if entry is not None else ["", 0]
         messages = (encode({"t": "event", "p": e, "gw": self.gateway_id}) for e in events)
         d = self.redis.eval(script, keys, [*head, *messages])
@@ -280,20 +318,27 @@ class ClusterRuns:
     # agent.wait
 
     def find(self, run_id: str) -> Deferred[RemoteRun | None]:
-        """Another gateway's run (``None``: no gateway knows it, or it ended long ago)."""
-        d = self.redis.execute("GET", self._key(run_id))
+        """
+        Another gateway's run (``None``: no gateway knows it, or it ended long ago); one whose
+        gateway stopped before it ended is ``lost``, ended now with the L{LOST} error.
+        """
+        d = self.redis.eval(_FIND, [self._key(run_id)], [self.heartbeat_prefix])
 
-        def parsed(raw: str | None) -> RemoteRun | None:
-            if raw is None:
+        def parsed(reply: list[Any] | None) -> RemoteRun | None:
+            if reply is None:
                 return None
+            raw, alive = reply
             entry = json.loads(raw)
-            return RemoteRun(
+            run = RemoteRun(
                 run_id,
                 entry.get("sessionKey", ""),
                 entry.get("acceptedAt", 0),
                 entry.get("endedAt"),
                 entry.get("outcome"),
             )
+            if int(alive):
+                return run
+            return attrs.evolve(run, ended_at=self._now_ms(), outcome={"error": LOST}, lost=True)
 
         return d.addCallback(parsed)
 

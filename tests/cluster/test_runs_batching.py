@@ -99,7 +99,7 @@ class BatchingTests(SynchronousTestCase):
         self.runs.observe(self.run, end)  # type: ignore[arg-type]
         self.assertEqual(len(self.redis.commands), 2)
         (_, keys, first), (_, _, last) = self.redis.commands
-        self.assertEqual(keys, ["openclaw:run:r1", CHANNEL])
+        self.assertEqual(keys, ["openclaw:run:r1", CHANNEL, "openclaw:gateway:gw-a"])
         self.assertEqual(entry(first)["sessionKey"], self.run.session_key)
         self.assertEqual(published(first), [])
         self.assertEqual(entry(last)["outcome"], {"stopReason": "stop"})
