@@ -56,13 +56,21 @@ class _Tail:
         return sum(self.sizes)
 
     def grown(self, rows: Sequence[dict[str, Any]], raws: Sequence[str], end: int) -> _Tail:
-        """This tail with ``rows`` after it (their JSON ``raws``), trimmed to the cap."""
-        all_rows, sizes = (*self.rows, *rows), (*self.sizes, *(len(r) for r in raws))
-        total, drop = sum(sizes), 0
-        while total > CACHE_BYTES_PER_SESSION and drop < len(sizes) - 1:
-            total -= sizes[drop]
+        """This tail with ``rows`` after it (their JSON ``raws``): the list up to ``end``."""
+        last = raws[-1] if raws else self.last
+        return _Tail(end, last, (*self.rows, *rows), (*self.sizes, *map(len, raws)))
+
+    def trimmed(self) -> _Tail:
+        """Its newest records within L{CACHE_BYTES_PER_SESSION} (the last one at least)."""
+        total, drop = self.held, 0
+        while total > CACHE_BYTES_PER_SESSION and drop < len(self.sizes) - 1:
+            total -= self.sizes[drop]
             drop += 1
-        return _Tail(end, raws[-1] if raws else self.last, all_rows[drop:], sizes[drop:])
+        return _Tail(self.end, self.last, self.rows[drop:], self.sizes[drop:]) if drop else self
+
+
+#: Nothing seen yet: what a first read grows from.
+_NOTHING = _Tail(0, "", (), ())
 
 
 class ITranscripts(Interface):
@@ -137,10 +145,9 @@ class RedisTranscripts:
         def answered(reply: list[Any]) -> list[dict[str, Any]] | Deferred[list[dict[str, Any]]]:
             end, kept, start, raws = int(reply[0]), int(reply[1]), int(reply[2]), list(reply[3])
             rows = [json.loads(raw) for raw in raws]
-            if seen is not None and kept == start == seen.end:
-                tail = seen.grown(rows, raws, end)
-            else:
-                tail = _Tail(end, raws[-1] if raws else "", tuple(rows), tuple(map(len, raws)))
+            # What it saw still holds and the rows follow on from it: one tail; else afresh.
+            base = seen if seen is not None and kept == start == seen.end else _NOTHING
+            tail = base.grown(rows, raws, end)
             if end - len(tail.rows) > 0 and len(tail.rows) < limit:
                 # More was asked for than this gateway holds: read the whole tail once.
                 self._take(key)
@@ -161,7 +168,7 @@ class RedisTranscripts:
             end, raws = int(reply[0]), list(reply[3])
             rows = [json.loads(raw) for raw in raws]
             if end and key not in self._cache:
-                self._keep(key, _Tail(end, raws[-1], tuple(rows), tuple(map(len, raws))))
+                self._keep(key, _NOTHING.grown(rows, raws, end))
             return rows
 
         return d.addCallback(answered)
@@ -173,6 +180,7 @@ class RedisTranscripts:
         return tail
 
     def _keep(self, key: str, tail: _Tail) -> None:
+        tail = tail.trimmed()
         held = tail.held
         if held > self.cache_bytes:
             return

@@ -10,6 +10,7 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.trial.unittest import TestCase
 
 from openclaw_twisted.cluster import RedisClient, RedisTranscripts
+from openclaw_twisted.cluster._transcripts import CACHE_BYTES_PER_SESSION
 
 from ..redis_support import connect, start_redis
 
@@ -142,3 +143,16 @@ class TailCacheTests(TestCase):
         self.assertEqual(mine._cached_bytes, sum(t.held for t in mine._cache.values()))
         # Sessions dropped from the cache are still read in full.
         self.assertEqual(await mine.tail("main", "s0", 10), turn(0, 0))
+
+    async def test_a_big_session_is_held_to_its_cap_however_it_was_read(self) -> None:
+        server = start_redis(self)
+        mine = RedisTranscripts(await connect(self, server))
+        other = RedisTranscripts(await connect(self, server))
+        big = [{"role": "user", "text": "x" * 900_000, "ts": n} for n in range(3)]
+        await other.append("main", "big", big)
+        # A first read answers in full but keeps no more than one session's share.
+        self.assertEqual(await mine.tail("main", "big", 10), big)
+        self.assertLessEqual(mine._cached_bytes, CACHE_BYTES_PER_SESSION)
+        self.assertGreater(mine._cached_bytes, 0)
+        # And it still answers in full from Redis what it no longer holds.
+        self.assertEqual(await mine.tail("main", "big", 10), big)
