@@ -673,14 +673,20 @@ class Bench:
         """Debian's ``redis-server`` on a free port, durable as the README says to run it."""
         return Redis(self.out / "redis") if shutil.which("redis-server") else None
 
-    def stream_options(self, ports: list[int], model: str, token: str) -> dict[str, Any]:
-        """Scenario 4's ``bench.client streams`` options, round robin over ``ports``."""
+    def stream_options(
+        self, ports: list[int], model: str, token: str, streams: int | None = None
+    ) -> dict[str, Any]:
+        """
+        Scenario 4's ``bench.client streams`` options (``streams`` of them, else the mode's),
+        round robin over ``ports``.
+        """
         m = self.mode
+        n = m.streams if streams is None else streams
         body = {"model": model, "stream": True, "messages": FAST["messages"]}
         opts: dict[str, Any] = self.client_options(
-            ports[0], body, token, streams=m.streams, chunks=m.chunks
+            ports[0], body, token, streams=n, chunks=m.chunks
         )
-        opts.update(ports=ports, ramp=m.ramp, timeout=m.streams / m.ramp + m.chunks / 20 + 60)
+        opts.update(ports=ports, ramp=m.ramp, timeout=n / m.ramp + m.chunks / 20 + 60)
         return opts
 
     def fan_out_direct(self, provider: Proc, label: str) -> dict[str, Any]:
@@ -906,19 +912,11 @@ class Bench:
         """
         m = self.mode
         streams = max(5, m.streams // 10)
-        opts = self.client_options(
-            provider.port,
-            {"model": "tick", "stream": True, "messages": FAST["messages"]},
-            "",
-            streams=streams,
-            chunks=m.chunks,
-        )
-        opts.update(ramp=m.ramp, timeout=streams / m.ramp + m.chunks / 20 + 60)
+        opts = self.stream_options([provider.port], "tick", "", streams)
         direct = self.measure("7 direct", [provider], lambda: self.client("streams", opts))
         gw = self.start_gateway(provider)
         try:
-            chat = dict(opts, port=gw.port, token=TOKEN)
-            chat["body"] = dict(opts["body"], model="openclaw/tick")
+            chat = self.stream_options([gw.port], "openclaw/tick", TOKEN, streams)
             responses = dict(chat, path="/v1/responses")
             responses["body"] = {
                 "model": "openclaw/tick",

@@ -182,9 +182,12 @@ class ClusterRuns:
         self._heartbeat.start(HEARTBEAT_SECONDS, now=True)
         return self.bus.subscribe(CHANNEL, self._received)
 
+    @property
+    def _heartbeat_key(self) -> str:
+        return self.heartbeat_prefix + self.gateway_id
+
     def _beat(self) -> None:
-        key = self.heartbeat_prefix + self.gateway_id
-        d = self.redis.execute("SET", key, "1", "EX", 3 * HEARTBEAT_SECONDS)
+        d = self.redis.execute("SET", self._heartbeat_key, "1", "EX", 3 * HEARTBEAT_SECONDS)
         # Down now: the next beat tries again (others see this gateway lost after 15 s).
         d.addErrback(lambda _: None)
 
@@ -268,7 +271,7 @@ class ClusterRuns:
         ttl: int,
         events: list[Mapping[str, Any]],
     ) -> None:
-        keys = [self._key(run_id), CHANNEL, self.heartbeat_prefix + self.gateway_id]
+        keys = [self._key(run_id), CHANNEL, self._heartbeat_key]
         head: list[Arg] = [json.dumps(entry), ttl] if entry is not None else ["", 0]
         messages = (encode({"t": "event", "p": e, "gw": self.gateway_id}) for e in events)
         d = self.redis.eval(script, keys, [*head, *messages])
